@@ -1,0 +1,113 @@
+"""A synthetic verifiable task: integer arithmetic with difficulty levels.
+
+It stands in for DAPO-Math-17k where no hub is reachable (CI, laptops): problems are generated
+locally from a seed, answers are integers, and the checker is exact. The answer format is the
+same as the math data's (the last ``\\boxed{...}`` in the response), so the same reward and
+evaluation code serves both.
+
+Levels (``level`` in ``extra_info``):
+
+    1: a + b                 a, b in [0, 9]
+    2: a + b, a - b          a, b in [0, 99]
+    3: a * b                 a in [2, 12], b in [2, 12]
+    4: a * b + c             a, b in [2, 12], c in [0, 99]
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from typing import Any
+
+DATA_SOURCE = "synthetic_arith"
+LEVELS = (1, 2, 3, 4)
+INSTRUCTION = "Put the final answer in \\boxed{}."
+
+
+@dataclass(frozen=True)
+class Problem:
+    question: str  # e.g. "12+7"
+    answer: int
+    level: int
+
+    @property
+    def prompt(self) -> str:
+        """The user message shown to the model."""
+        return f"Compute {self.question}. {INSTRUCTION}"
+
+    @property
+    def solution(self) -> str:
+        """A reference response (used for supervised warm-up)."""
+        return f"{self.question}={self.answer}. \\boxed{{{self.answer}}}"
+
+
+def make_problem(rng: random.Random, level: int) -> Problem:
+    """Draw one problem of the given difficulty level."""
+    if level == 1:
+        a, b = rng.randint(0, 9), rng.randint(0, 9)
+        return Problem(f"{a}+{b}", a + b, level)
+    if level == 2:
+        a, b = rng.randint(0, 99), rng.randint(0, 99)
+        if rng.random() < 0.5:
+            return Problem(f"{a}+{b}", a + b, level)
+        return Problem(f"{a}-{b}", a - b, level)
+    if level == 3:
+        a, b = rng.randint(2, 12), rng.randint(2, 12)
+        return Problem(f"{a}*{b}", a * b, level)
+    if level == 4:
+        a, b, c = rng.randint(2, 12), rng.randint(2, 12), rng.randint(0, 99)
+        return Problem(f"{a}*{b}+{c}", a * b + c, level)
+    raise ValueError(f"unknown level {level!r}; levels are {LEVELS}")
+
+
+def make_problems(n: int, seed: int, levels: tuple[int, ...] = LEVELS) -> list[Problem]:
+    """``n`` problems, levels drawn uniformly from ``levels``, reproducible from ``seed``."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    for level in levels:
+        if level not in LEVELS:
+            raise ValueError(f"unknown level {level!r}; levels are {LEVELS}")
+    rng = random.Random(seed)
+    return [make_problem(rng, rng.choice(levels)) for _ in range(n)]
+
+
+def to_verl_row(problem: Problem, split: str, index: int) -> dict[str, Any]:
+    """One row in verl's RL parquet schema (chat ``prompt``, ``reward_model``, ``data_source``)."""
+    return {
+        "data_source": DATA_SOURCE,
+        "prompt": [{"role": "user", "content": problem.prompt}],
+        "ability": "arithmetic",
+        "reward_model": {"style": "rule", "ground_truth": str(problem.answer)},
+        "extra_info": {"split": split, "index": index, "level": problem.level, "question": problem.question},
+    }
+
+
+_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
+
+
+def extract_boxed(text: str) -> str | None:
+    """The content of the last ``\\boxed{...}`` (without nested braces) in ``text``, or None."""
+    found = _BOXED.findall(text)
+    return found[-1].strip() if found else None
+
+
+def is_correct(response: str, ground_truth: str | int) -> bool:
+    """Exact integer check of the last ``\\boxed{}`` against the ground truth."""
+    pred = extract_boxed(response)
+    if pred is None:
+        return False
+    try:
+        return int(pred) == int(str(ground_truth).strip())
+    except ValueError:
+        return False
+
+
+def compute_score(data_source: str, solution_str: str, ground_truth: str, extra_info: Any = None, **_: Any) -> dict:
+    """verl reward function (``reward.custom_reward_function``): DAPO's ±1 reward and ``acc``.
+
+    Returns the dict verl's DAPO reward manager expects: ``score`` (+1 correct, -1 otherwise),
+    ``acc`` (bool, the ``filter_groups`` metric) and ``pred`` (the extracted answer or "").
+    """
+    correct = is_correct(solution_str, ground_truth)
+    return {"score": 1.0 if correct else -1.0, "acc": correct, "pred": extract_boxed(solution_str) or ""}

@@ -1,0 +1,173 @@
+"""The ``reweight`` policy loss for verl 0.9.1: DAPO's clipped surrogate with reweighted advantages.
+
+    Ã_t = w(p_t) · Â_t                                   (w from :mod:`reweight.weights`)
+    L   = verl ``vanilla`` loss evaluated at Ã instead of Â
+
+``vanilla`` is verl's clipped surrogate with clip-higher (``clip_ratio_low`` / ``clip_ratio_high``),
+dual clip (``clip_ratio_c``) for Ã < 0, the ratio exp(clamp(log π − log π_old, ±20)), optional
+``rollout_is_weights``, and aggregation over the *global* batch (``config.global_batch_info``), so
+the loss is invariant to data-parallel size and micro-batching. Because w > 0 (or w >= 0) never flips
+the sign of Â, the clipping regions are the same as DAPO's; with w ≡ 1 (scheme ``none`` or α = 0)
+the loss *is* verl's ``vanilla`` loss, bit for bit.
+
+Select it with Hydra overrides (the ``configs/dapo_reweight.yaml`` preset does this)::
+
+    actor_rollout_ref.actor.policy_loss._target_=reweight.loss.ReweightPolicyLossConfig
+    actor_rollout_ref.actor.policy_loss.loss_mode=reweight
+    actor_rollout_ref.actor.policy_loss.scheme=low_prob
+    actor_rollout_ref.actor.policy_loss.alpha=0.2
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from verl.trainer.ppo.core_algos import compute_policy_loss_vanilla, register_policy_loss
+from verl.workers.config import PolicyLossConfig
+
+from reweight.weights import PROB_SOURCES, SCHEMES, sampled_token_prob, token_weights, validate
+
+LOSS_MODE = "reweight"
+CONFIG_TARGET = "reweight.loss.ReweightPolicyLossConfig"
+POLICY_LOSS_KEY = "actor_rollout_ref.actor.policy_loss"
+METRIC_PREFIX = "actor/reweight/"
+
+# Tokens with p below this count as "low-probability" in the metrics (w > 1 + α/2 for ``low_prob``).
+LOW_PROB_THRESHOLD = 0.5
+
+
+@dataclass
+class ReweightPolicyLossConfig(PolicyLossConfig):
+    """verl's ``PolicyLossConfig`` plus the token-weighting settings of arXiv 2603.22117.
+
+    Args:
+        loss_mode (str): must be ``"reweight"`` (the loss registered by this module).
+        scheme (str): token weight, one of ``none``, ``low_prob``, ``dominate``, ``focal``
+            (see :mod:`reweight.weights`). Default ``low_prob``, the paper's w = 1 + α(1 − p).
+        alpha (float): the scheme's strength α >= 0. Default 0.2, the paper's value for
+            Qwen2.5-Math-7B (0.1 for Qwen3-8B-Base). α = 0 reproduces DAPO exactly.
+        prob_source (str): where p comes from: ``old`` (π_θold of the rollout, verl's
+            ``old_log_prob``; the paper's, default) or ``current`` (detached π_θ).
+    """
+
+    loss_mode: str = LOSS_MODE
+    scheme: str = "low_prob"
+    alpha: float = 0.2
+    prob_source: str = "old"
+
+    def __post_init__(self):
+        if self.loss_mode != LOSS_MODE:
+            raise ValueError(
+                f"{POLICY_LOSS_KEY}.loss_mode={self.loss_mode!r} but _target_ is {CONFIG_TARGET}, whose settings "
+                f"only the '{LOSS_MODE}' loss reads; set {POLICY_LOSS_KEY}.loss_mode={LOSS_MODE}"
+            )
+        # OmegaConf hands integers through for float fields written as `alpha=1`.
+        if isinstance(self.alpha, int) and not isinstance(self.alpha, bool):
+            object.__setattr__(self, "alpha", float(self.alpha))
+        validate(self.scheme, self.alpha, self.prob_source, prefix=f"{POLICY_LOSS_KEY}.")
+
+
+def _settings(config: Any) -> tuple[str, float, str]:
+    """(scheme, alpha, prob_source) from the actor config, or a clear error if ours is not in use."""
+    policy_loss = None if config is None else config.get("policy_loss", None)
+    if not all(policy_loss is not None and k in policy_loss for k in ("scheme", "alpha", "prob_source")):
+        raise ValueError(
+            f"loss_mode '{LOSS_MODE}' needs its settings: set {POLICY_LOSS_KEY}._target_={CONFIG_TARGET} "
+            f"(verl's own PolicyLossConfig has no scheme/alpha/prob_source fields); "
+            f"got {type(policy_loss).__name__}"
+        )
+    scheme, alpha, prob_source = policy_loss["scheme"], float(policy_loss["alpha"]), policy_loss["prob_source"]
+    if not isinstance(policy_loss, ReweightPolicyLossConfig):  # a plain dict / DictConfig: not validated yet
+        validate(scheme, alpha, prob_source, prefix=f"{POLICY_LOSS_KEY}.")
+    return scheme, alpha, prob_source
+
+
+@torch.no_grad()
+def weight_metrics(prob: torch.Tensor, weights: torch.Tensor, response_mask: torch.Tensor) -> dict[str, float]:
+    """Scalar summaries of p and w over the response tokens of one micro-batch (one host sync).
+
+    Keys (prefixed ``actor/reweight/``): ``weight_mean``, ``weight_min``, ``weight_max``,
+    ``prob_mean`` (mean p of sampled tokens), ``low_prob_frac`` (fraction with p < 0.5).
+    A micro-batch with no response token reports weight 1, p 1 and fraction 0.
+    """
+    mask = response_mask.bool()
+    n = mask.sum()
+    w = weights.float()
+    big = torch.finfo(w.dtype).max
+    stats = torch.stack(
+        [
+            n.float(),
+            torch.where(mask, w, 0.0).sum(),
+            torch.where(mask, w, big).amin(),
+            torch.where(mask, w, -big).amax(),
+            torch.where(mask, prob.float(), 0.0).sum(),
+            (mask & (prob < LOW_PROB_THRESHOLD)).sum().float(),
+        ]
+    ).tolist()
+    count, w_sum, w_min, w_max, p_sum, n_low = stats
+    if count == 0:
+        w_mean = w_min = w_max = p_mean = 1.0
+        low_frac = 0.0
+    else:
+        w_mean, p_mean, low_frac = w_sum / count, p_sum / count, n_low / count
+    return {
+        METRIC_PREFIX + "weight_mean": w_mean,
+        METRIC_PREFIX + "weight_min": w_min,
+        METRIC_PREFIX + "weight_max": w_max,
+        METRIC_PREFIX + "prob_mean": p_mean,
+        METRIC_PREFIX + "low_prob_frac": low_frac,
+    }
+
+
+@register_policy_loss(LOSS_MODE)  # type: ignore[arg-type]
+def compute_policy_loss_reweight(
+    old_log_prob: torch.Tensor,
+    log_prob: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    loss_agg_mode: str = "token-mean",
+    config: Optional[Any] = None,
+    rollout_is_weights: Optional[torch.Tensor] = None,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """DAPO's clipped surrogate with token-reweighted advantages (arXiv 2603.22117, Eq. 8).
+
+    Args:
+        old_log_prob: log π_θold of the sampled tokens, ``(batch, response_len)``.
+        log_prob: log π_θ of the sampled tokens (carries the gradient), ``(batch, response_len)``.
+        advantages: Â, e.g. GRPO group-normalised, ``(batch, response_len)``.
+        response_mask: 1/True on response tokens, ``(batch, response_len)``.
+        loss_agg_mode: verl's aggregation (``token-mean`` for DAPO).
+        config: verl ``ActorConfig`` whose ``policy_loss`` is a :class:`ReweightPolicyLossConfig`.
+        rollout_is_weights: optional rollout-correction weights, ``(batch, response_len)``.
+
+    Returns:
+        ``(loss, metrics)``: the scalar loss, verl's ``vanilla`` metrics (``actor/pg_clipfrac``,
+        ``actor/ppo_kl``, ``actor/pg_clipfrac_lower``) and ours (``actor/reweight/...``).
+    """
+    scheme, alpha, prob_source = _settings(config)
+    prob = sampled_token_prob(old_log_prob, log_prob, prob_source)
+    weights = token_weights(prob, scheme, alpha)
+    loss, metrics = compute_policy_loss_vanilla(
+        old_log_prob=old_log_prob,
+        log_prob=log_prob,
+        advantages=advantages * weights.to(advantages.dtype),
+        response_mask=response_mask,
+        loss_agg_mode=loss_agg_mode,
+        config=config,
+        rollout_is_weights=rollout_is_weights,
+    )
+    metrics.update(weight_metrics(prob, weights, response_mask))
+    return loss, metrics
+
+
+__all__ = [
+    "CONFIG_TARGET",
+    "LOSS_MODE",
+    "PROB_SOURCES",
+    "ReweightPolicyLossConfig",
+    "SCHEMES",
+    "compute_policy_loss_reweight",
+    "weight_metrics",
+]
