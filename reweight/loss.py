@@ -72,7 +72,8 @@ class ReweightPolicyLossConfig(PolicyLossConfig):
 def _settings(config: Any) -> tuple[str, float, str]:
     """(scheme, alpha, prob_source) from the actor config, or a clear error if ours is not in use."""
     policy_loss = None if config is None else config.get("policy_loss", None)
-    if not all(policy_loss is not None and k in policy_loss for k in ("scheme", "alpha", "prob_source")):
+    # verl's BaseConfig raises AttributeError (not KeyError) for `in`, so probe with .get
+    if policy_loss is None or any(policy_loss.get(k, None) is None for k in ("scheme", "alpha", "prob_source")):
         raise ValueError(
             f"loss_mode '{LOSS_MODE}' needs its settings: set {POLICY_LOSS_KEY}._target_={CONFIG_TARGET} "
             f"(verl's own PolicyLossConfig has no scheme/alpha/prob_source fields); "

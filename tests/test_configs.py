@@ -1,0 +1,164 @@
+"""Every config composes from the package, passes verl's validation and our checks; bad input is refused early."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+from verl.trainer.ppo.utils import need_critic, need_reference_policy
+from verl.utils.config import omega_conf_to_dataclass, validate_config
+
+from reweight.checks import ConfigError, check_config
+from reweight.loss import ReweightPolicyLossConfig
+from reweight.train import compose_config, prepare
+
+ROOT = Path(__file__).resolve().parents[1]
+PRIMARY_CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.yaml"))
+MODEL = ["actor_rollout_ref.model.path=/models/any"]
+
+
+def test_the_expected_presets_exist():
+    for name in ["dapo", "dapo_reweight", "qwen25_math_7b_dapo", "qwen25_math_7b_reweight",
+                 "qwen3_8b_base_dapo", "qwen3_8b_base_reweight"]:
+        assert name in PRIMARY_CONFIGS
+
+
+@pytest.mark.parametrize("name", PRIMARY_CONFIGS)
+def test_config_composes_and_passes_verl_validation(name):
+    cfg = compose_config(name, MODEL if name in ("dapo", "dapo_reweight") else [])
+    check_config(cfg)
+    validate_config(config=cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
+    # DAPO's defining settings, as verl will read them.
+    assert cfg.algorithm.adv_estimator == "grpo"
+    assert cfg.algorithm.filter_groups.enable and cfg.algorithm.filter_groups.metric == "acc"
+    actor = cfg.actor_rollout_ref.actor
+    assert (actor.clip_ratio_low, actor.clip_ratio_high, actor.clip_ratio_c) == (0.2, 0.28, 10.0)
+    assert actor.loss_agg_mode == "token-mean" and not actor.use_kl_loss and actor.entropy_coeff == 0
+    assert not cfg.algorithm.use_kl_in_reward
+    assert cfg.reward.reward_manager.name == "dapo"
+    assert cfg.reward.reward_kwargs.overlong_buffer_cfg.enable
+
+
+@pytest.mark.parametrize(
+    "name,alpha,model,nodes,resp",
+    [
+        ("qwen25_math_7b_reweight", 0.2, "Qwen/Qwen2.5-Math-7B", 4, 8192),
+        ("qwen3_8b_base_reweight", 0.1, "Qwen/Qwen3-8B-Base", 8, 20480),
+    ],
+)
+def test_paper_presets(name, alpha, model, nodes, resp):
+    cfg = compose_config(name)
+    actor = omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)  # as verl's workers build it
+    assert isinstance(actor.policy_loss, ReweightPolicyLossConfig)
+    assert (actor.policy_loss.scheme, actor.policy_loss.alpha, actor.policy_loss.prob_source) == ("low_prob", alpha, "old")
+    assert cfg.actor_rollout_ref.model.path == model
+    assert (cfg.trainer.nnodes, cfg.trainer.n_gpus_per_node) == (nodes, 8)
+    assert cfg.data.max_response_length == resp
+    assert cfg.reward.reward_kwargs.max_resp_len == resp
+    baseline = compose_config(name.replace("_reweight", "_dapo"))
+    assert baseline.actor_rollout_ref.actor.policy_loss.loss_mode == "vanilla"
+
+
+def test_overrides_reach_our_config_class():
+    cfg = compose_config("dapo_reweight", MODEL + [
+        "actor_rollout_ref.actor.policy_loss.scheme=focal", "actor_rollout_ref.actor.policy_loss.alpha=2"])
+    pl = omega_conf_to_dataclass(cfg.actor_rollout_ref.actor.policy_loss)
+    assert (pl.scheme, pl.alpha) == ("focal", 2.0)
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (["+reward_model.reward_manager=dapo"], r"reward_model\.reward_manager.*reward\.reward_manager\.name"),
+        (["reward_model.reward_manager=dapo"], r"reward_model\.reward_manager"),
+        (["+reward_model.overlong_buffer.enable=true"], r"reward_model\.overlong_buffer.*overlong_buffer_cfg"),
+        (["custom_reward_function.path=/x.py"], r"custom_reward_function\.path.*reward\.custom_reward_function\.path"),
+        (["actor_rollout_ref.actor.policy_loss.alpha=-1"], r"policy_loss\.alpha"),
+        (["actor_rollout_ref.actor.policy_loss.alpha=nan"], r"policy_loss\.alpha"),
+        (["actor_rollout_ref.actor.policy_loss.alpha=inf"], r"policy_loss\.alpha"),
+        (["actor_rollout_ref.actor.policy_loss.scheme=bogus"], r"policy_loss\.scheme"),
+        (["actor_rollout_ref.actor.policy_loss.prob_source=ref"], r"policy_loss\.prob_source"),
+        (["actor_rollout_ref.actor.policy_loss.loss_mode=vanilla"], r"policy_loss\.loss_mode"),
+    ],
+)
+def test_bad_input_refused_before_ray_naming_the_key(overrides, match):
+    cfg = compose_config("dapo_reweight", MODEL + overrides)
+    with pytest.raises(ConfigError, match=match):
+        prepare(cfg)
+
+
+def test_reweight_loss_mode_without_our_target_refused():
+    cfg = compose_config("dapo", MODEL + ["actor_rollout_ref.actor.policy_loss.loss_mode=reweight"])
+    with pytest.raises(ConfigError, match=r"_target_=reweight\.loss\.ReweightPolicyLossConfig"):
+        check_config(cfg)
+
+
+def test_unregistered_loss_mode_refused():
+    cfg = compose_config("dapo", MODEL + ["actor_rollout_ref.actor.policy_loss.loss_mode=no_such_loss"])
+    with pytest.raises(ConfigError, match="not a registered verl policy loss"):
+        check_config(cfg)
+
+
+def test_dry_run_cli_prints_resolved_config_and_does_not_start_ray(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "reweight.train", "--config-name", "dapo_reweight", "--dry-run", *MODEL,
+         "actor_rollout_ref.actor.policy_loss.alpha=0.15", f"hydra.run.dir={tmp_path}"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "alpha: 0.15" in out.stdout and "dry run" in out.stdout
+    assert "ray init kwargs" not in out.stdout
+
+
+def test_cli_bad_input_exits_nonzero_with_the_key(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "reweight.train", "--config-name", "dapo_reweight", "--dry-run", *MODEL,
+         "+reward_model.reward_manager=dapo", f"hydra.run.dir={tmp_path}"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode != 0
+    assert "reward_model.reward_manager" in out.stderr + out.stdout
+
+
+def test_loss_registered_in_a_fresh_ray_worker():
+    """A Ray worker process imports verl and finds loss_mode 'reweight' via our verl.plugins entry point."""
+    import ray
+
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, namespace="test_configs")
+    try:
+        @ray.remote(num_cpus=1)
+        def registered_losses():
+            import os
+
+            from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY
+
+            return os.getpid(), sorted(POLICY_LOSS_REGISTRY)
+
+        pid, names = ray.get(registered_losses.remote(), timeout=240)
+    finally:
+        ray.shutdown()
+    import os
+
+    assert pid != os.getpid()
+    assert "reweight" in names and "vanilla" in names
+
+
+def test_wheel_ships_the_configs(tmp_path):
+    """Configs must work from an installed wheel: the yaml files are inside it as reweight.configs."""
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    (wheel,) = tmp_path.glob("verl_reweight-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for name in PRIMARY_CONFIGS:
+        assert f"reweight/configs/{name}.yaml" in names
+    assert "reweight/configs/method/dapo.yaml" in names and "reweight/configs/setup/qwen3_8b_base.yaml" in names
+    entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "[verl.plugins]" in entry_points and "reweight = reweight.plugin" in entry_points
+    assert OmegaConf.load(ROOT / "configs" / "dapo.yaml").defaults[0] == "ppo_trainer"
