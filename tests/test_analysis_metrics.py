@@ -1,0 +1,192 @@
+"""token_metrics against a naive float64 full-materialisation reference; invariances; memory bound."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from reweight.analysis import METRIC_NAMES, token_metrics
+from reweight.analysis.memory import peak_allocated_bytes
+from reweight.tiny import build_model
+
+
+def naive_reference(base, rl, seqs, prompt_lens, temperature=1.0, vocab_limit=None):
+    """Per-sequence, unpadded, float64: full [T, V] logits from ``model(ids).logits``, then the textbook formulas.
+
+    Returns one dict per sequence of ``(T,)`` float64 tensors (0 at prompt positions).
+    """
+    base64, rl64 = copy.deepcopy(base).double(), copy.deepcopy(rl).double()
+    results = []
+    for ids, p in zip(seqs, prompt_lens):
+        x = torch.tensor([ids])
+        lp = {}
+        for key, m in (("base", base64), ("rl", rl64)):
+            logits = m(input_ids=x).logits[0]  # (T, V) float64
+            if vocab_limit is not None:
+                logits = logits[:, :vocab_limit]
+            lp[key] = torch.log_softmax(logits / temperature, -1)
+        T = len(ids)
+        res = {k: torch.zeros(T, dtype=torch.float64) for k in METRIC_NAMES}
+        for t in range(p, T):
+            lb, lr = lp["base"][t - 1], lp["rl"][t - 1]
+            pb, pr = lb.exp(), lr.exp()
+            res["logp_base"][t] = lb[ids[t]]
+            res["logp_rl"][t] = lr[ids[t]]
+            res["delta_logp"][t] = lr[ids[t]] - lb[ids[t]]
+            res["entropy_base"][t] = -(pb * lb).sum()
+            res["entropy_rl"][t] = -(pr * lr).sum()
+            res["kl_rl_base"][t] = (pr * (lr - lb)).sum()
+            res["kl_base_rl"][t] = (pb * (lb - lr)).sum()
+        results.append(res)
+    return results
+
+
+def pad_batch(seqs, prompt_lens, side, pad_id=0):
+    """(input_ids, attention_mask, response_mask, offsets) with padding on ``side``."""
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id)
+    attn = torch.zeros((len(seqs), T), dtype=torch.long)
+    resp = torch.zeros((len(seqs), T), dtype=torch.long)
+    offsets = []
+    for i, (s, p) in enumerate(zip(seqs, prompt_lens)):
+        off = T - len(s) if side == "left" else 0
+        ids[i, off : off + len(s)] = torch.tensor(s)
+        attn[i, off : off + len(s)] = 1
+        resp[i, off + p : off + len(s)] = 1
+        offsets.append(off)
+    return ids, attn, resp, offsets
+
+
+def random_batch(vocab, n=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lens = [9, 23, 14, 5][:n]
+    prompt_lens = [3, 7, 1, 5][:n]  # the last one has an empty response
+    seqs = [torch.randint(0, vocab, (L,), generator=g).tolist() for L in lens]
+    return seqs, prompt_lens
+
+
+def unpad(out, i, off, length):
+    return {k: v[i, off : off + length] for k, v in out.items()}
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_matches_float64_reference(tiny_pair, side, temperature):
+    tok, base, rl = tiny_pair
+    seqs, plens = random_batch(len(tok))
+    ids, attn, resp, offs = pad_batch(seqs, plens, side, pad_id=tok.pad_token_id)
+    out = token_metrics(
+        base, rl, input_ids=ids, attention_mask=attn, response_mask=resp, temperature=temperature, chunk_size=5
+    )
+    assert set(out) == set(METRIC_NAMES)
+    ref = naive_reference(base, rl, seqs, plens, temperature)
+    for i, (s, off) in enumerate(zip(seqs, offs)):
+        got = unpad(out, i, off, len(s))
+        for k in METRIC_NAMES:
+            torch.testing.assert_close(got[k].double(), ref[i][k], atol=1e-5, rtol=0, msg=f"{k} seq {i}")
+    # outside the response everything is 0, including padding
+    for k in METRIC_NAMES:
+        assert (out[k][resp == 0] == 0).all()
+    # the models differ, so the metrics are not trivially zero
+    assert out["kl_rl_base"][resp == 1].min() > 0 and out["delta_logp"][resp == 1].abs().max() > 1e-3
+
+
+def test_chunk_size_and_padding_side_do_not_change_results(tiny_pair):
+    tok, base, rl = tiny_pair
+    seqs, plens = random_batch(len(tok), seed=3)
+    runs = []
+    for side in ("left", "right"):
+        ids, attn, resp, offs = pad_batch(seqs, plens, side, pad_id=tok.pad_token_id)
+        for chunk in (1, 7, None):
+            out = token_metrics(base, rl, input_ids=ids, attention_mask=attn, response_mask=resp, chunk_size=chunk)
+            runs.append([unpad(out, i, o, len(s)) for i, (s, o) in enumerate(zip(seqs, offs))])
+    alone = []
+    for s, p in zip(seqs, plens):
+        ids, attn, resp, _ = pad_batch([s], [p], "right")
+        alone.append(unpad(token_metrics(base, rl, input_ids=ids, attention_mask=attn, response_mask=resp), 0, 0, len(s)))
+    for run in runs:
+        for got, want in zip(run, alone):
+            for k in METRIC_NAMES:
+                torch.testing.assert_close(got[k], want[k], atol=1e-5, rtol=0)
+
+
+def test_vocab_rows_beyond_tokenizer_are_masked(tiny_tokenizer):
+    tok = tiny_tokenizer
+    V = len(tok)
+    base = build_model(V + 64, seed=0)
+    rl = build_model(V + 64, seed=1)
+    with torch.no_grad():  # make the padding rows dominate if they were not masked
+        for m in (base, rl):
+            m.get_output_embeddings().weight[V:] = m.get_output_embeddings().weight[:64] * 50
+    seqs, plens = random_batch(V, n=2, seed=5)
+    ids, attn, resp, offs = pad_batch(seqs, plens, "left", pad_id=tok.pad_token_id)
+    out = token_metrics(base, rl, input_ids=ids, attention_mask=attn, response_mask=resp, vocab_limit=V)
+    ref = naive_reference(base, rl, seqs, plens, vocab_limit=V)
+    unmasked = naive_reference(base, rl, seqs, plens)
+    for i, (s, off) in enumerate(zip(seqs, offs)):
+        got = unpad(out, i, off, len(s))
+        for k in METRIC_NAMES:
+            torch.testing.assert_close(got[k].double(), ref[i][k], atol=1e-5, rtol=0)
+        assert (got["entropy_base"].double() - unmasked[i]["entropy_base"]).abs().max() > 0.1
+    with pytest.raises(ValueError, match="vocab_limit"):  # heads of different sizes need an explicit limit
+        token_metrics(base, build_model(V, seed=2), input_ids=ids, attention_mask=attn, response_mask=resp)
+
+
+def test_empty_responses_and_bad_masks(tiny_pair):
+    tok, base, rl = tiny_pair
+    ids = torch.randint(0, len(tok), (2, 6))
+    attn = torch.ones_like(ids)
+    out = token_metrics(base, rl, input_ids=ids, attention_mask=attn, response_mask=torch.zeros_like(ids))
+    assert all((v == 0).all() and v.shape == ids.shape for v in out.values())
+    empty = torch.zeros((0, 0), dtype=torch.long)
+    assert token_metrics(base, rl, input_ids=empty, attention_mask=empty, response_mask=empty)["delta_logp"].shape == (0, 0)
+    resp = torch.zeros_like(ids)
+    resp[:, 0] = 1
+    with pytest.raises(ValueError, match="position 0"):
+        token_metrics(base, rl, input_ids=ids, attention_mask=attn, response_mask=resp)
+    attn2, resp2 = attn.clone(), torch.zeros_like(ids)
+    attn2[0, :3] = 0
+    resp2[0, 3] = 1  # a response token right after left padding: the prompt is empty
+    with pytest.raises(ValueError, match="prompt must be non-empty"):
+        token_metrics(base, rl, input_ids=ids, attention_mask=attn2, response_mask=resp2)
+    with pytest.raises(ValueError, match="temperature"):
+        token_metrics(base, rl, input_ids=ids, attention_mask=attn, response_mask=resp2, temperature=0.0)
+
+
+def naive_fp32(base, rl, ids, resp, temperature=1.0):
+    """The approach the chunking replaces: full (batch, seq, vocab) fp32 logits from each model's forward."""
+    lb = torch.log_softmax(base(input_ids=ids).logits.float() / temperature, -1)
+    lr = torch.log_softmax(rl(input_ids=ids).logits.float() / temperature, -1)
+    tgt = ids[:, 1:].unsqueeze(-1)
+    d = lr.gather(-1, tgt) - lb.gather(-1, tgt)
+    return d.squeeze(-1) * resp[:, 1:]
+
+
+def test_peak_memory_grows_with_activations_not_seq_times_vocab():
+    """T=512 vs 4096 with a 16k vocabulary and a tiny body: the naive version's extra peak is ≥ ΔT·V·4 bytes per model."""
+    V, H = 16384, 16
+    base = build_model(V, hidden_size=H, num_layers=1, num_heads=1, num_kv_heads=1, seed=0)
+    rl = build_model(V, hidden_size=H, num_layers=1, num_heads=1, num_kv_heads=1, seed=1)
+    chunk = 128
+
+    def peak(T, fn):
+        ids = torch.randint(0, V, (1, T), generator=torch.Generator().manual_seed(T))
+        resp = torch.ones_like(ids)
+        resp[:, :8] = 0
+        with torch.no_grad():
+            return peak_allocated_bytes(lambda: fn(ids, resp))[1]
+
+    chunked = lambda ids, resp: token_metrics(
+        base, rl, input_ids=ids, attention_mask=torch.ones_like(ids), response_mask=resp, chunk_size=chunk
+    )
+    short, long_ = peak(512, chunked), peak(4096, chunked)
+    seq_times_vocab = (4096 - 512) * V * 4  # 235 MB: what one model's fp32 logits add from 512 to 4096 tokens
+    # Both runs hold a few (chunk, V) buffers; growth is activations, (T, hidden) and (T,) outputs.
+    assert long_ - short < seq_times_vocab / 20, (short, long_)
+    assert long_ < 8 * chunk * V * 4 + 4096 * 1024, long_
+    # The per-token bound is one the naive approach fails (measured over a shorter span to keep the test quick).
+    naive = lambda ids, resp: naive_fp32(base, rl, ids, resp)
+    naive_per_token = (peak(1024, naive) - peak(512, naive)) / 512
+    assert naive_per_token >= V * 4 > 20 * (long_ - short) / (4096 - 512), naive_per_token
