@@ -250,55 +250,82 @@ def read_results(path: str | os.PathLike) -> tuple[dict[str, Any], list[ProblemR
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"results file {str(path)!r} does not exist")
+    if path.stat().st_size == 0:
+        raise EvalInputError(f"results file {str(path)!r} is empty")
+    meta, records = _read_log(path, "results file")
+    if not records:
+        raise EvalInputError(f"results file {str(path)!r} holds no finished problem")
+    try:
+        return meta, [ProblemResult(**rec) for rec in records.values()]
+    except TypeError as err:
+        raise EvalInputError(f"results file {str(path)!r} is not a reweight-eval results file: {err}") from None
+
+
+class AppendLog:
+    """A JSON-lines file of records keyed by ``"uid"``, after a ``{"meta": ...}`` first line.
+
+    Append-only and fsync'd per record, so an interrupted job keeps every finished record.
+    Reopening an existing file cuts a torn last line, loads the records (:attr:`records`, first
+    occurrence of a uid wins) and refuses a different value for any key in both metas, naming it.
+    """
+
+    def __init__(self, path: str | os.PathLike, meta: dict[str, Any], what: str = "results file"):
+        self.path = Path(path)
+        self.what = what
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.records: dict[str, dict[str, Any]] = {}
+        if self.path.exists() and self.path.stat().st_size > 0:
+            _cut_torn_tail(self.path)
+            old_meta, records = _read_log(self.path, what)
+            for key in sorted(set(old_meta) & set(meta)):
+                if old_meta[key] != meta[key]:
+                    raise EvalInputError(
+                        f"{what} {str(self.path)!r} was made with {key}={old_meta[key]!r}, "
+                        f"this run has {key}={meta[key]!r}; use another output path or the same settings"
+                    )
+            self.records = records
+        else:
+            atomic_write_text(self.path, json.dumps({"meta": meta}) + "\n")
+
+    def append(self, record: dict[str, Any]) -> None:
+        _fsync_append(self.path, json.dumps(record) + "\n")
+        self.records.setdefault(record["uid"], record)
+
+
+def _read_log(path: Path, what: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    data = path.read_text(encoding="utf-8")
+    lines = data.split("\n")
+    if not data.endswith("\n"):
+        lines = lines[:-1]  # torn tail: the process died mid-write
     meta: dict[str, Any] = {}
-    results: dict[str, ProblemResult] = {}
-    lines = path.read_text(encoding="utf-8").split("\n")
-    if not path.read_bytes().endswith(b"\n"):
-        lines = lines[:-1]  # torn tail
+    records: dict[str, dict[str, Any]] = {}
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as err:
-            raise EvalInputError(f"results file {str(path)!r} line {lineno} is not valid JSON: {err}") from None
+            raise EvalInputError(f"{what} {str(path)!r} line {lineno} is not valid JSON: {err}") from None
         if "meta" in obj and "uid" not in obj:
             meta = obj["meta"]
-            continue
-        res = ProblemResult(**obj)
-        results.setdefault(res.uid, res)
-    if not results and not meta:
-        raise EvalInputError(f"results file {str(path)!r} is empty")
-    return meta, list(results.values())
+        elif "uid" in obj:
+            records.setdefault(str(obj["uid"]), obj)
+        else:
+            raise EvalInputError(f"{what} {str(path)!r} line {lineno}: a record without 'uid'")
+    return meta, records
 
 
 class ResultsWriter:
-    """Append-only results file; reopening resumes (finished uids are exposed as :attr:`done`).
-
-    ``meta``: the settings that define the run. Reopening an existing file with different values
-    for any key in both metas raises EvalInputError naming the key.
-    """
+    """Append-only results file of :class:`ProblemResult`; reopening resumes (finished uids in :attr:`done`)."""
 
     def __init__(self, path: str | os.PathLike, meta: dict[str, Any]):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.done: dict[str, ProblemResult] = {}
-        if self.path.exists() and self.path.stat().st_size > 0:
-            _cut_torn_tail(self.path)
-            old_meta, old = read_results(self.path)
-            for key in sorted(set(old_meta) & set(meta)):
-                if old_meta[key] != meta[key]:
-                    raise EvalInputError(
-                        f"results file {str(self.path)!r} was made with {key}={old_meta[key]!r}, "
-                        f"this run has {key}={meta[key]!r}; use another --out or the same settings"
-                    )
-            self.done = {r.uid: r for r in old}
-        else:
-            atomic_write_text(self.path, json.dumps({"meta": meta}) + "\n")
+        self.log = AppendLog(path, meta, "results file")
+        self.path = self.log.path
+        self.done: dict[str, ProblemResult] = {uid: ProblemResult(**rec) for uid, rec in self.log.records.items()}
 
     def append(self, result: ProblemResult) -> None:
-        _fsync_append(self.path, json.dumps(asdict(result)) + "\n")
-        self.done[result.uid] = result
+        self.log.append(asdict(result))
+        self.done.setdefault(result.uid, result)
 
     def check_prompt(self, problem: EvalProblem) -> None:
         """Refuse to resume into a file whose finished problem has the same uid but another prompt."""

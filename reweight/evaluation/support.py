@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -231,21 +231,31 @@ def pair_support(
     batch_size: int = 8,
     use_chat_template: bool = True,
     progress: bool = True,
+    done: Mapping[str, ProblemSupport] | None = None,
+    on_row: Callable[[ProblemSupport], None] | None = None,
 ) -> tuple[list[ProblemSupport], float]:
     """Per-problem support metrics for the problems both result sets hold; returns (rows, ε).
 
-    ``k`` defaults to the smallest sample count over both sets; ``epsilon`` overrides −ln(ζ)/k.
-    Each model scores the distinct correct completions of both models and (for token entropy)
-    its own samples.
+    ``k`` defaults to the smallest sample count over both sets (k above it is refused);
+    ``epsilon`` overrides −ln(ζ)/k. Each model scores the distinct correct completions of both
+    models and (for token entropy) its own samples. ``done``: rows already computed (resume), kept
+    as they are; ``on_row`` is called with each newly computed row (to append it to a file).
     """
     from tqdm.auto import tqdm
 
     pairs = _match_problems(base_results, rl_results)
+    n_min = min(min(b.n, r.n) for b, r in pairs)
     if k is None:
-        k = min(min(b.n, r.n) for b, r in pairs)
+        k = n_min
+    elif k > n_min:
+        raise EvalInputError(f"support k={k} exceeds the samples per problem (n={n_min}); k > n")
     eps = support_epsilon(k, zeta) if epsilon is None else float(epsilon)
+    done = done or {}
     rows = []
     for b, r in tqdm(pairs, desc="support metrics", disable=not progress, unit="prob"):
+        if b.uid in done:
+            rows.append(done[b.uid])
+            continue
         prompt_text = render_prompt(tokenizer, b.prompt or r.prompt, use_chat_template)
         distinct: dict[str, bool] = {}  # correct completion text -> append EOS
         for res in (b, r):
@@ -279,6 +289,8 @@ def pair_support(
                 token_entropy_rl=ent_rl,
             )
         )
+        if on_row is not None:
+            on_row(rows[-1])
     return rows, eps
 
 
