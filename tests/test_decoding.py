@@ -1,0 +1,372 @@
+"""Selective replacement / extrapolation decoder: distributions, criteria, KV cache, batching.
+
+Expectations are computed independently of the decoder: full-prefix forwards of the models
+(no cache, no padding, one sequence at a time), Hugging Face's own ``TopPLogitsWarper`` for the
+nucleus, ``torch.distributions`` for entropy and ``torch.nn.functional.kl_div`` for KL.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from reweight.decoding import (
+    DecodeConfig,
+    TwoModelDecoder,
+    criterion_scores,
+    extrapolate_logprobs,
+    sample_from_logprobs,
+    top_p_logprobs,
+)
+
+TOL = 1e-5
+
+
+# ----------------------------------------------------------------------------- references
+def ref_top_p(logp: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Nucleus by Hugging Face's warper, renormalised (an implementation independent of ours)."""
+    from transformers.generation.logits_process import TopPLogitsWarper
+
+    if top_p >= 1.0:
+        return torch.log_softmax(logp, -1)
+    filtered = TopPLogitsWarper(top_p=top_p)(None, logp.clone().unsqueeze(0)).squeeze(0)
+    return torch.log_softmax(filtered, -1)
+
+
+def ref_next_logp(model, ids: list[int], vocab: int, temperature: float) -> torch.Tensor:
+    """``[V]`` temperature-scaled next-token log-probs from a cache-free forward of the whole prefix."""
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0, -1, :vocab].float()
+    return torch.log_softmax(logits / temperature, -1)
+
+
+def ref_extrapolate(logp_rl: torch.Tensor, logp_base: torch.Tensor, gamma: float) -> torch.Tensor:
+    """π_Extra ∝ π_RL · (π_RL / π_Base)^γ in probability space (finite inputs)."""
+    w = logp_rl.exp() * (logp_rl.exp() / logp_base.exp()) ** gamma
+    return (w / w.sum(-1, keepdim=True)).log()
+
+
+def assert_same_logp(a: torch.Tensor, b: torch.Tensor, tol: float = TOL) -> None:
+    """Equal supports (-inf pattern) and equal log-probs on the support within ``tol``."""
+    assert torch.equal(torch.isinf(a), torch.isinf(b)), "different supports"
+    finite = torch.isfinite(a)
+    torch.testing.assert_close(a[finite], b[finite], atol=tol, rtol=0)
+
+
+def assert_is_nucleus(got: torch.Tensor, full: torch.Tensor, top_p: float, tol: float = TOL) -> None:
+    """``got`` is ``full`` restricted to a top-p nucleus and renormalised, checked by the nucleus's
+    defining properties (robust to ties at the boundary, where any tie-break is correct): the kept
+    tokens are the most likely ones, their mass reaches ``top_p``, dropping the least likely kept
+    token would fall below ``top_p``, and the kept log-probs are ``full`` minus log(kept mass)."""
+    kept = torch.isfinite(got)
+    p = full.exp()
+    mass = p[kept].sum()
+    if top_p >= 1.0:
+        assert kept.all()
+    else:
+        assert mass >= top_p - tol
+        assert mass - p[kept].min() < top_p + tol
+        if (~kept).any():
+            assert p[kept].min() >= p[~kept].max() - tol
+    torch.testing.assert_close(got[kept], full[kept] - mass.log(), atol=tol, rtol=0)
+
+
+def chat_ids(tok, texts: list[str]) -> list[list[int]]:
+    out = []
+    for t in texts:
+        s = tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=False)
+        out.append(tok(s, add_special_tokens=False)["input_ids"])
+    return out
+
+
+PROMPT_TEXTS = ["Compute 7*8+3. Put the final answer in \\boxed{}.", "hi", "Compute 12+7."]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """One intra-op thread: on a shared 2-core machine two spinning OpenMP threads are ~10x slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_tokenizer):
+    """The tiny pair with final-norm gains raised 4x: randomly initialised models are almost uniform
+    over the vocabulary (entropy ≈ log V = 6.2), so criteria scores barely vary; scaled, the
+    next-token entropy is ~5.6 nats and the 0.7-nucleus ~200 of 512 tokens, still without
+    degenerate repetition."""
+    from reweight.tiny import build_model
+
+    tok = tiny_tokenizer
+    kw = dict(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    base, rl = build_model(len(tok), seed=0, **kw), build_model(len(tok), seed=1, **kw)
+    with torch.no_grad():
+        for model in (base, rl):
+            model.model.norm.weight.mul_(4.0)
+    prompts = chat_ids(tok, PROMPT_TEXTS)
+    assert len({len(p) for p in prompts}) == 3  # different lengths → left padding exercised
+    return tok, base, rl, prompts
+
+
+def pilot_stops(tok, base, rl, prompts, cfg, seeds) -> list[int]:
+    """Stop tokens chosen from a stop-free pilot run with the same seeds: one of sequence 0's first
+    4 tokens and one of sequence 1's first 7, neither generated by sequence 2. Rerun with these,
+    the trajectories are unchanged up to the first stop, so sequences 0 and 1 stop early and
+    sequence 2 runs to the length limit."""
+    pilot = TwoModelDecoder(base, rl, tok, stop_token_ids=[]).decode(prompts, cfg, seeds)
+    never = set(pilot[2].tokens)
+    stops = [next((t for t in pilot[k].tokens[:n] if t not in never), None) for k, n in ((0, 4), (1, 7))]
+    assert None not in stops, "pilot run gives no usable stop tokens; pick other seeds"
+    return stops
+
+
+def run_with_steps(decoder, prompts, config, seeds):
+    steps = []
+    results = decoder.decode(prompts, config, seeds=seeds, on_step=steps.append)
+    return results, steps
+
+
+def per_sequence_steps(steps, n):
+    """{sequence index: [(step, row position in the StepInfo)]}."""
+    out = {i: [] for i in range(n)}
+    for info in steps:
+        for pos, r in enumerate(info.rows.tolist()):
+            out[r].append((info, pos))
+    return out
+
+
+# ----------------------------------------------------------------------------- pure functions
+def test_extrapolate_logprobs_closed_form():
+    g = torch.Generator().manual_seed(0)
+    logp_rl = torch.log_softmax(torch.randn(4, 50, generator=g) * 2, -1)
+    logp_base = torch.log_softmax(torch.randn(4, 50, generator=g) * 2, -1)
+    for gamma in (0.05, 0.5, 2.0, -0.3):
+        got = extrapolate_logprobs(logp_rl, logp_base, gamma)
+        torch.testing.assert_close(got, ref_extrapolate(logp_rl, logp_base, gamma), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got.exp().sum(-1), torch.ones(4), atol=1e-5, rtol=0)
+    # γ = 0 is π_RL itself (normalised even from unnormalised input)
+    torch.testing.assert_close(extrapolate_logprobs(logp_rl, logp_base, 0.0), logp_rl, atol=1e-6, rtol=0)
+    torch.testing.assert_close(extrapolate_logprobs(logp_rl + 3.0, logp_base, 0.0), logp_rl, atol=1e-5, rtol=0)
+
+
+def test_extrapolate_logprobs_handles_minus_inf():
+    ninf = float("-inf")
+    logp_rl = torch.log(torch.tensor([[0.5, 0.3, 0.2, 0.0], [0.0, 0.0, 0.0, 0.0]]))
+    logp_base = torch.log(torch.tensor([[0.4, 0.0, 0.6, 0.0], [0.5, 0.5, 0.0, 0.0]]))
+    out = extrapolate_logprobs(logp_rl, logp_base, 0.5)
+    assert not torch.isnan(out).any()
+    assert out[0, 3] == ninf  # π_RL = 0 → π_Extra = 0
+    assert torch.isinf(out[1]).all()  # an empty RL row stays empty
+    # token 1 has no base mass: its base log-prob is imputed as the row's smallest finite one (token 0)
+    expected = torch.log_softmax(torch.tensor([1.5 * math.log(0.5) - 0.5 * math.log(0.4),
+                                               1.5 * math.log(0.3) - 0.5 * math.log(0.4),
+                                               1.5 * math.log(0.2) - 0.5 * math.log(0.6)]), -1)
+    torch.testing.assert_close(out[0, :3], expected, atol=1e-6, rtol=0)
+    # top-p truncated inputs (both models' nuclei) never give NaN
+    g = torch.Generator().manual_seed(1)
+    a = top_p_logprobs(torch.log_softmax(torch.randn(8, 30, generator=g), -1), 0.5)
+    b = top_p_logprobs(torch.log_softmax(torch.randn(8, 30, generator=g), -1), 0.5)
+    out = extrapolate_logprobs(a, b, 0.3)
+    assert not torch.isnan(out).any()
+    torch.testing.assert_close(out.exp().sum(-1), torch.ones(8), atol=1e-5, rtol=0)
+    assert torch.equal(torch.isinf(out), torch.isinf(a))
+    with pytest.raises(ValueError, match="gamma"):
+        extrapolate_logprobs(a, b, float("nan"))
+
+
+def test_top_p_matches_hf_warper():
+    g = torch.Generator().manual_seed(2)
+    for top_p in (0.1, 0.7, 0.95, 1.0):
+        logp = torch.log_softmax(torch.randn(6, 40, generator=g) * 3, -1)
+        got = top_p_logprobs(logp, top_p)
+        for row in range(6):
+            assert_same_logp(got[row], ref_top_p(logp[row], top_p), tol=1e-6)
+
+
+def test_sample_from_logprobs_inverse_cdf_quantiles():
+    probs = torch.tensor([0.1, 0.0, 0.25, 0.05, 0.6])
+    n = 10_000
+    u = (torch.arange(n, dtype=torch.float64) + 0.5) / n  # exact quantiles of U(0, 1)
+    tokens = sample_from_logprobs(probs.log().expand(n, -1), u)
+    counts = torch.bincount(tokens, minlength=5).double()
+    torch.testing.assert_close(counts / n, probs.double(), atol=2.0 / n, rtol=0)
+    assert counts[1] == 0
+    # u just below 1 never lands on a zero-probability tail token
+    tail = torch.log(torch.tensor([[0.5, 0.5, 0.0, 0.0]]))
+    assert sample_from_logprobs(tail, torch.tensor([1.0 - 1e-12], dtype=torch.float64)).item() == 1
+
+
+def test_criterion_scores_independent():
+    g = torch.Generator().manual_seed(3)
+    lb = torch.log_softmax(torch.randn(5, 30, generator=g), -1)
+    lr = torch.log_softmax(torch.randn(5, 30, generator=g), -1)
+    proposed = torch.randint(0, 30, (5,), generator=g)
+    u = torch.rand(5, generator=g, dtype=torch.float64)
+    from torch.distributions import Categorical
+
+    expected = {
+        "logp_diff": lr[torch.arange(5), proposed] - lb[torch.arange(5), proposed],
+        "entropy": Categorical(logits=lb).entropy(),
+        "rl_entropy": Categorical(logits=lr).entropy(),
+        "kl": F.kl_div(lb, lr, log_target=True, reduction="none").sum(-1),  # KL(π_RL ‖ π_Base)
+        "kl_reverse": F.kl_div(lr, lb, log_target=True, reduction="none").sum(-1),
+        "random": u.float(),
+    }
+    for name, want in expected.items():
+        torch.testing.assert_close(criterion_scores(name, lb, lr, proposed, u), want, atol=1e-5, rtol=1e-5)
+    assert criterion_scores("none", lb, lr, proposed, u) is None
+
+
+# ----------------------------------------------------------------------------- decoder vs full prefix
+@pytest.mark.parametrize(
+    "config_kwargs, which",
+    [
+        (dict(criterion="none"), "base"),
+        (dict(criterion="all"), "rl"),
+        (dict(criterion="all", mode="extrapolate", gamma=0.0), "rl"),
+        (dict(mode="global", gamma=0.0, top_p=1.0, temperature=0.8), "rl"),
+    ],
+    ids=["none=base", "all=rl", "all-extrapolate-gamma0=rl", "global-gamma0=rl"],
+)
+def test_decoder_reproduces_single_model_sampling(setup, config_kwargs, which):
+    """Per step, per sequence: the distribution sampled from equals the single model's top-p
+    distribution of a cache-free full-prefix forward, and both models' full distributions equal
+    full-prefix recomputes (the KV cache check, 1e-5 in fp32)."""
+    tok, base, rl, prompts = setup
+    V = len(tok)
+    cfg = DecodeConfig(max_new_tokens=10, **{"top_p": 0.7, **config_kwargs})
+    seeds = [11, 12, 13]
+    decoder = TwoModelDecoder(base, rl, tok, stop_token_ids=pilot_stops(tok, base, rl, prompts, cfg, seeds))
+    results, steps = run_with_steps(decoder, prompts, cfg, seeds)
+    assert [r.finish_reason for r in results] == ["stop", "stop", "length"]  # per-sequence stopping exercised
+    target = base if which == "base" else rl
+    checked = 0
+    for i, visits in per_sequence_steps(steps, len(prompts)).items():
+        assert len(visits) == results[i].n_generated
+        for info, pos in visits:
+            prefix = prompts[i] + results[i].tokens[: info.step]
+            ref_base = ref_next_logp(base, prefix, V, cfg.temperature)
+            ref_rl = ref_next_logp(rl, prefix, V, cfg.temperature)
+            torch.testing.assert_close(info.logp_base[pos], ref_base, atol=TOL, rtol=0)
+            torch.testing.assert_close(info.logp_rl[pos], ref_rl, atol=TOL, rtol=0)
+            assert_is_nucleus(info.sampled_logp[pos], ref_base if target is base else ref_rl, cfg.top_p)
+            token = results[i].tokens[info.step]
+            assert info.tokens[pos].item() == token and torch.isfinite(info.sampled_logp[pos, token])
+            checked += 1
+    assert checked == sum(r.n_generated for r in results)
+    ratio = 0.0 if which == "base" else 1.0
+    assert all(r.replacement_ratio == ratio for r in results)
+
+
+@pytest.mark.parametrize("criterion", ["logp_diff", "entropy", "rl_entropy", "kl", "kl_reverse", "random"])
+def test_criterion_flags_and_replacement_distribution(setup, criterion):
+    """Flags equal the criterion recomputed from full-prefix distributions; flagged tokens are drawn
+    from π_Extra (closed form, top-p), unflagged ones from the base nucleus."""
+    tok, base, rl, prompts = setup
+    V, gamma = len(tok), 0.5
+    decoder = TwoModelDecoder(base, rl, tok)
+    # τ = median score of a pilot run, so that both outcomes occur
+    _, pilot = run_with_steps(decoder, prompts, DecodeConfig(criterion=criterion, tau=0.0, max_new_tokens=8), [1, 2, 3])
+    tau = torch.cat([s.scores for s in pilot]).median().item()
+    cfg = DecodeConfig(criterion=criterion, tau=tau, mode="extrapolate", gamma=gamma, max_new_tokens=8)
+    results, steps = run_with_steps(decoder, prompts, cfg, seeds=[1, 2, 3])
+    from torch.distributions import Categorical
+
+    flags = []
+    for i, visits in per_sequence_steps(steps, len(prompts)).items():
+        for info, pos in visits:
+            prefix = prompts[i] + results[i].tokens[: info.step]
+            lb, lr = ref_next_logp(base, prefix, V, 1.0), ref_next_logp(rl, prefix, V, 1.0)
+            y = info.proposed[pos].item()
+            score = {
+                "logp_diff": lambda: (lr[y] - lb[y]).item(),
+                "entropy": lambda: Categorical(logits=lb).entropy().item(),
+                "rl_entropy": lambda: Categorical(logits=lr).entropy().item(),
+                "kl": lambda: F.kl_div(lb, lr, log_target=True, reduction="sum").item(),
+                "kl_reverse": lambda: F.kl_div(lr, lb, log_target=True, reduction="sum").item(),
+                "random": lambda: info.scores[pos].item(),  # the sequence's own uniform
+            }[criterion]()
+            flagged = bool(info.flagged[pos])
+            if abs(score - tau) > 1e-4:  # away from the threshold the decision is unambiguous
+                want = score <= tau if criterion == "logp_diff" else (score < tau if criterion == "random" else score >= tau)
+                assert flagged == want, (criterion, score, tau)
+            assert flagged == (info.step in results[i].replaced_positions)
+            assert_is_nucleus(info.sampled_logp[pos], ref_extrapolate(lr, lb, gamma) if flagged else lb, 0.7, tol=1e-4)
+            flags.append(flagged)
+    assert any(flags) and not all(flags)
+    for r in results:
+        assert r.replacement_ratio == pytest.approx(len(r.replaced_positions) / r.n_generated)
+        assert len(r.proposed_tokens) == len(r.replaced_positions)
+
+
+def test_batch_equals_one_at_a_time_and_reproducible(setup):
+    tok, base, rl, prompts = setup
+    cfg = DecodeConfig(criterion="logp_diff", tau=0.0, mode="extrapolate", gamma=0.2, max_new_tokens=12)
+    seeds = [5, 6, 7]
+    decoder = TwoModelDecoder(base, rl, tok, stop_token_ids=pilot_stops(tok, base, rl, prompts, cfg, seeds))
+    batch, batch_steps = run_with_steps(decoder, prompts, cfg, seeds)
+    assert len({r.n_generated for r in batch}) > 1
+    batch_visits = per_sequence_steps(batch_steps, len(prompts))
+    for i, (p, s) in enumerate(zip(prompts, seeds)):
+        (single,), single_steps = run_with_steps(decoder, [p], cfg, [s])
+        assert single.tokens == batch[i].tokens
+        assert single.replaced_positions == batch[i].replaced_positions
+        assert single.text == batch[i].text and single.finish_reason == batch[i].finish_reason
+        for (bi, bpos), sinfo in zip(batch_visits[i], single_steps):
+            torch.testing.assert_close(bi.logp_base[bpos], sinfo.logp_base[0], atol=TOL, rtol=0)
+            torch.testing.assert_close(bi.logp_rl[bpos], sinfo.logp_rl[0], atol=TOL, rtol=0)
+    again = decoder.decode(prompts, cfg, seeds)
+    assert [r.tokens for r in again] == [r.tokens for r in batch]
+    other = decoder.decode(prompts, cfg, [50, 60, 70])
+    assert [r.tokens for r in other] != [r.tokens for r in batch]
+    # the text is the detokenised generation without the stop token
+    for r in batch:
+        body = r.tokens[:-1] if r.finish_reason == "stop" else r.tokens
+        assert r.text == tok.decode(body, skip_special_tokens=True)
+
+
+# ----------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(criterion="logp_diff", tau=float("nan")), "NaN"),
+        (dict(mode="extrapolate", gamma=float("nan")), "gamma"),
+        (dict(mode="extrapolate", gamma=float("inf")), "gamma"),
+        (dict(criterion="perplexity"), "unknown criterion 'perplexity'"),
+        (dict(mode="mix"), "unknown mode 'mix'"),
+        (dict(mode="replace", gamma=0.1), "mode 'replace'"),
+        (dict(mode="global", criterion="entropy"), "global"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(temperature=0.0), "temperature"),
+        (dict(max_new_tokens=0), "max_new_tokens"),
+    ],
+)
+def test_bad_config_rejected(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DecodeConfig(**kwargs)
+
+
+def test_tokenizer_mismatch_rejected(tiny_pair):
+    from reweight.tiny import build_tokenizer
+
+    tok, base, rl = tiny_pair
+    other = build_tokenizer(vocab_size=400)
+    with pytest.raises(ValueError, match="must share a tokenizer"):
+        TwoModelDecoder(base, rl, tok, rl_tokenizer=other)
+    TwoModelDecoder(base, rl, tok, rl_tokenizer=build_tokenizer())  # an identical tokenizer is accepted
+
+
+def test_bad_prompts_rejected(setup):
+    tok, base, rl, prompts = setup
+    decoder = TwoModelDecoder(base, rl, tok)
+    with pytest.raises(ValueError, match="empty"):
+        decoder.decode([[]], DecodeConfig())
+    with pytest.raises(ValueError, match="vocabulary"):
+        decoder.decode([[len(tok) + 5]], DecodeConfig())
+    with pytest.raises(ValueError, match="seeds"):
+        decoder.decode(prompts, DecodeConfig(), seeds=[1])
