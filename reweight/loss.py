@@ -86,39 +86,42 @@ def _settings(config: Any) -> tuple[str, float, str]:
 
 
 @torch.no_grad()
-def weight_metrics(prob: torch.Tensor, weights: torch.Tensor, response_mask: torch.Tensor) -> dict[str, float]:
+def weight_metrics(
+    prob: torch.Tensor, weights: torch.Tensor, response_mask: torch.Tensor, scheme: str, alpha: float
+) -> dict[str, float]:
     """Scalar summaries of p and w over the response tokens of one micro-batch (one host sync).
 
     Keys (prefixed ``actor/reweight/``): ``weight_mean``, ``weight_min``, ``weight_max``,
     ``prob_mean`` (mean p of sampled tokens), ``low_prob_frac`` (fraction with p < 0.5).
     A micro-batch with no response token reports weight 1, p 1 and fraction 0.
+
+    Every scheme is monotone in p, so the extreme weights are the weights of the extreme
+    probabilities; that saves two passes over the ``(batch, response_len)`` tensors, which matters
+    because this runs on every micro-batch.
     """
     mask = response_mask.bool()
-    n = mask.sum()
-    w = weights.float()
-    big = torch.finfo(w.dtype).max
-    stats = torch.stack(
-        [
-            n.float(),
-            torch.where(mask, w, 0.0).sum(),
-            torch.where(mask, w, big).amin(),
-            torch.where(mask, w, -big).amax(),
-            torch.where(mask, prob.float(), 0.0).sum(),
-            (mask & (prob < LOW_PROB_THRESHOLD)).sum().float(),
-        ]
-    ).tolist()
-    count, w_sum, w_min, w_max, p_sum, n_low = stats
+    buf = torch.where(mask, prob, 0.0)  # p on response tokens, 0 elsewhere (p >= 0)
+    n_pad = mask.numel() - mask.sum()
+    sums = torch.stack([buf.sum(), buf.amax(), (buf < LOW_PROB_THRESHOLD).sum() - n_pad])
+    p_min = torch.where(mask, prob, buf.new_tensor(2.0), out=buf).amin()  # reuse the buffer: no new allocation
+    w_sum = torch.where(mask, weights.to(buf.dtype), buf.new_tensor(0.0), out=buf).sum()
+    count, p_sum, p_max, n_low, p_min, w_sum = torch.cat([(mask.numel() - n_pad)[None].to(sums), sums,
+                                                          p_min[None], w_sum[None]]).tolist()
     if count == 0:
-        w_mean = w_min = w_max = p_mean = 1.0
-        low_frac = 0.0
-    else:
-        w_mean, p_mean, low_frac = w_sum / count, p_sum / count, n_low / count
+        return {
+            METRIC_PREFIX + "weight_mean": 1.0,
+            METRIC_PREFIX + "weight_min": 1.0,
+            METRIC_PREFIX + "weight_max": 1.0,
+            METRIC_PREFIX + "prob_mean": 1.0,
+            METRIC_PREFIX + "low_prob_frac": 0.0,
+        }
+    w_ends = token_weights(torch.tensor([p_min, p_max], dtype=torch.float64), scheme, alpha).tolist()
     return {
-        METRIC_PREFIX + "weight_mean": w_mean,
-        METRIC_PREFIX + "weight_min": w_min,
-        METRIC_PREFIX + "weight_max": w_max,
-        METRIC_PREFIX + "prob_mean": p_mean,
-        METRIC_PREFIX + "low_prob_frac": low_frac,
+        METRIC_PREFIX + "weight_mean": w_sum / count,
+        METRIC_PREFIX + "weight_min": min(w_ends),
+        METRIC_PREFIX + "weight_max": max(w_ends),
+        METRIC_PREFIX + "prob_mean": p_sum / count,
+        METRIC_PREFIX + "low_prob_frac": n_low / count,
     }
 
 
@@ -159,7 +162,7 @@ def compute_policy_loss_reweight(
         config=config,
         rollout_is_weights=rollout_is_weights,
     )
-    metrics.update(weight_metrics(prob, weights, response_mask))
+    metrics.update(weight_metrics(prob, weights, response_mask, scheme, alpha))
     return loss, metrics
 
 

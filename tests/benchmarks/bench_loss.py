@@ -1,0 +1,83 @@
+"""Forward + backward time of the ``reweight`` loss ÷ verl's ``vanilla`` loss on the same inputs.
+
+    python tests/benchmarks/bench_loss.py                       # CPU, fp32, 64 x 8192, 30 reps
+    python tests/benchmarks/bench_loss.py --device cuda --dtype bfloat16
+
+Repetitions of the two losses are interleaved in one run (ABAB...), so drift in machine load hits
+both alike; the ratio of medians is printed. Target: <= 1.05.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from verl.trainer.ppo.core_algos import compute_policy_loss_vanilla
+from verl.workers.config import FSDPActorConfig, PolicyLossConfig
+
+from reweight.loss import ReweightPolicyLossConfig, compute_policy_loss_reweight
+
+
+def config(policy_loss) -> FSDPActorConfig:
+    cfg = FSDPActorConfig(
+        strategy="fsdp2", rollout_n=1, ppo_mini_batch_size=1, ppo_micro_batch_size_per_gpu=1,
+        clip_ratio_low=0.2, clip_ratio_high=0.28, clip_ratio_c=10.0, policy_loss=policy_loss,
+    )
+    return cfg
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--length", type=int, default=8192)
+    ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--scheme", default="low_prob")
+    args = ap.parse_args()
+    dtype, device = getattr(torch, args.dtype), torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    g = torch.Generator().manual_seed(0)
+    shape = (args.batch, args.length)
+    old = (-torch.rand(shape, generator=g) * 4).to(device, dtype)
+    cur = (old.float() + 0.3 * torch.randn(shape, generator=g).to(device)).clamp(max=0).to(dtype)
+    adv = torch.randn(args.batch, 1, generator=g).expand(shape).contiguous().to(device, dtype)
+    lengths = torch.randint(args.length // 4, args.length + 1, (args.batch,), generator=g)
+    mask = (torch.arange(args.length)[None, :] < lengths[:, None]).to(device)
+
+    cases = {
+        "vanilla": (compute_policy_loss_vanilla, config(PolicyLossConfig())),
+        "reweight": (compute_policy_loss_reweight, config(ReweightPolicyLossConfig(scheme=args.scheme, alpha=0.2))),
+    }
+
+    def once(fn, cfg) -> float:
+        x = cur.detach().clone().requires_grad_(True)
+        sync()
+        t0 = time.perf_counter()
+        loss, _ = fn(old_log_prob=old, log_prob=x, advantages=adv, response_mask=mask,
+                     loss_agg_mode="token-mean", config=cfg)
+        loss.backward()
+        sync()
+        return time.perf_counter() - t0
+
+    for fn, cfg in cases.values():  # warm-up
+        for _ in range(3):
+            once(fn, cfg)
+    times: dict[str, list[float]] = {k: [] for k in cases}
+    for _ in range(args.reps):
+        for name, (fn, cfg) in cases.items():
+            times[name].append(once(fn, cfg))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    dev = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"device: {dev}; {args.batch}x{args.length} {args.dtype}; scheme={args.scheme}; "
+          f"median of {args.reps} interleaved reps")
+    for k, v in med.items():
+        print(f"  {k:9s} forward+backward: {v * 1e3:8.2f} ms")
+    print(f"ratio reweight / vanilla: {med['reweight'] / med['vanilla']:.3f}  (target <= 1.05)")
+
+
+if __name__ == "__main__":
+    main()
