@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The paper's qwen3_8b_base setup, dapo (configs/qwen3_8b_base_dapo.yaml). Run on the Ray head node of a cluster
+# of trainer.nnodes x 8 GPUs (see launch/), after `reweight-prepare-data`. Extra arguments are
+# Hydra overrides, e.g. trainer.default_local_dir=/ckpt/... or seed=2.
+set -euo pipefail
+exec reweight-train --config-name qwen3_8b_base_dapo "$@"
