@@ -68,6 +68,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="model dtype (default: bfloat16 on cuda, float32 on cpu)")
     p.add_argument("--stop-token-ids", default=None, help="comma-separated stop tokens (default: eos of tokenizer and models)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op CPU threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -137,6 +138,12 @@ def _load_data(args, tokenizer):
 
 
 def _check_common(args) -> None:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
     if args.batch_size < 1:

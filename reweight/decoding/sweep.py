@@ -294,18 +294,23 @@ def plot_fig1c(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
     criteria = sorted({r["criterion"] for r in rows if r["mode"] == "replace" and r["criterion"] not in ("none", "all")})
     for criterion in criteria:
         pts = sorted(
-            (r["replacement_ratio"] * 100, r["accuracy"] * 100)
+            (r["replacement_ratio"] * 100, r["accuracy"] * 100, r["tau"])
             for r in rows if r["mode"] == "replace" and r["criterion"] == criterion
         )
-        ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=criterion)
+        (line,) = ax.plot([x for x, _, _ in pts], [y for _, y, _ in pts], marker="o", label=criterion)
+        for x, y, tau in pts:
+            ax.annotate(f"{tau:g}", (x, y), textcoords="offset points", xytext=(3, 4), fontsize=6, color=line.get_color())
     for point, label, style in ((BASE_POINT, "base", "--"), (RL_POINT, "RL", ":")):
         row = _find(rows, point)
         if row is not None:
             ax.axhline(row["accuracy"] * 100, linestyle=style, color="gray" if label == "base" else "black",
                        label=f"{label} ({row['accuracy'] * 100:.1f}%)")
+    top = max([r["accuracy"] * 100 for r in rows] + [1.0])
+    ax.set_ylim(0, min(100.0, top * 1.15 + 1))
+    ax.set_xlim(left=0)
     ax.set_xlabel("replacement ratio (% of generated tokens)")
     ax.set_ylabel("accuracy (avg@n, %)")
-    ax.set_title("Selective replacement: accuracy vs replacement ratio")
+    ax.set_title("Selective replacement: accuracy vs replacement ratio (labels: τ)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -339,6 +344,7 @@ def plot_fig4(rows: Sequence[dict[str, Any]], spec: SweepSpec, path: str | Path)
     for x, h in enumerate(heights):
         ax.text(x, h, f"{h:.1f}", ha="center", va="bottom", fontsize=8)
     ax.set_xticks(range(len(bars)), [lbl for lbl, _ in bars], fontsize=8)
+    ax.set_ylim(0, min(100.0, max(heights + [1.0]) * 1.15 + 1))
     ax.set_ylabel("accuracy (avg@n, %)")
     ax.set_title("Test-time extrapolation")
     fig.tight_layout()
