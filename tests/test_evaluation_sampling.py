@@ -146,3 +146,21 @@ def test_sampling_config_refuses_bad_values():
         SamplingConfig(top_p=0.0)
     with pytest.raises(ValueError, match="n "):
         SamplingConfig(n=0)
+
+
+def test_checkpoint_sampling_defaults_are_not_applied(tiny_pair, sampler):
+    """Sampling defaults in a checkpoint's generation_config.json must not change the samples."""
+    tok, base, _ = tiny_pair
+    prompts = ["<|im_start|>user\nCompute 3+4.<|im_end|>\n<|im_start|>assistant\n"]
+    clean = sampler.sample(prompts, 4, seed=5)
+    saved = base.generation_config
+    try:
+        from transformers import GenerationConfig
+
+        base.generation_config = GenerationConfig(
+            top_k=1, min_p=0.9, suppress_tokens=list(range(10, len(tok))), eos_token_id=tok.eos_token_id
+        )
+        assert sampler.sample(prompts, 4, seed=5) == clean
+    finally:
+        base.generation_config = saved
+    assert len({text for text, _ in clean[0]}) > 1  # top_k=1 / suppress_tokens would have made them identical

@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top-p", type=float, default=1.0)
     s.add_argument("--max-new-tokens", type=int, default=1024)
     s.add_argument("--batch-size", type=int, default=64, help="sequences per generate call (hf)")
-    s.add_argument("--problems-per-batch", type=int, default=None, help="problems per resumable unit (default: max(1, batch_size // n))")
+    s.add_argument("--problems-per-batch", type=int, default=None, help="problems per resumable unit (default: hf max(1, batch_size // n); vllm 64)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--backend", choices=("hf", "vllm"), default="hf")
     s.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm only")
@@ -164,7 +164,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             gpu_memory_utilization=args.gpu_memory_utilization, dtype=args.dtype,
         )
         tokenizer = sampler.llm.get_tokenizer()
-        per_batch = args.problems_per_batch or max(1, len(problems))
+        per_batch = args.problems_per_batch or 64
     else:
         device = _device(args.device)
         tokenizer = load_tokenizer(args.model)

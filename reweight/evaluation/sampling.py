@@ -128,6 +128,9 @@ def stop_token_ids(tokenizer, model=None) -> list[int]:
 class HFSampler:
     """Batched sampling with ``model.generate`` (left padding, KV cache). For CPU and small models.
 
+    Sampling uses exactly ``config`` (temperature, top-p, no top-k), not the sampling defaults a
+    checkpoint's ``generation_config.json`` may ship (e.g. top_k / repetition_penalty).
+
     Each batch holds ``batch_size`` sequences: prompts repeated ``n`` times, chunked. Seeded per
     call through a forked RNG, so the global RNG is untouched.
     """
@@ -155,13 +158,22 @@ class HFSampler:
         kwargs: dict[str, Any] = dict(do_sample=not greedy, max_new_tokens=cfg.max_new_tokens)
         if not greedy:
             kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)
-        out = self.model.generate(
-            **enc,
-            **kwargs,
-            eos_token_id=self.stop_ids,
-            pad_token_id=self.pad_id,
-            logits_processor=self.processors,
-        )
+        # The checkpoint's generation_config.json may carry sampling defaults (top_k, repetition
+        # penalty, ...) that generate() would silently apply; sample from exactly the settings given.
+        from transformers import GenerationConfig
+
+        checkpoint_config = self.model.generation_config
+        self.model.generation_config = GenerationConfig()
+        try:
+            out = self.model.generate(
+                **enc,
+                **kwargs,
+                eos_token_id=self.stop_ids,
+                pad_token_id=self.pad_id,
+                logits_processor=self.processors,
+            )
+        finally:
+            self.model.generation_config = checkpoint_config
         new = out[:, enc["input_ids"].shape[1] :].tolist()
         samples = []
         for ids in new:
