@@ -143,8 +143,8 @@ def histogram_figure(values: dict[str, dict[str, np.ndarray]], metrics: Sequence
         ax.set_ylabel("density (log scale)")
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    fig.tight_layout()
+            ax.legend(fontsize=8, loc="upper right")
+    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.15, top=0.89, wspace=0.32)  # tight_layout costs seconds
     return fig
 
 
