@@ -12,6 +12,7 @@ import pytest
 from reweight.evaluation.metrics import (
     avg_at_k,
     bootstrap_ci,
+    bootstrap_macro_mean_ci,
     macro_mean,
     pass_at_k,
     pass_at_k_array,
@@ -95,6 +96,15 @@ def test_bootstrap_is_seeded_and_brackets_the_statistic():
     assert lo < macro_mean(values) < hi
     constant = {"a": np.full(10, 0.25)}
     assert bootstrap_ci(constant, macro_mean, num_resamples=50) == (0.25, 0.25)
+
+
+def test_vectorised_bootstrap_draws_the_same_resamples_as_the_generic_loop():
+    values = {"a": np.random.default_rng(5).random(40)}
+    assert bootstrap_macro_mean_ci(values, 400, seed=9) == bootstrap_ci(values, macro_mean, 400, seed=9)
+    two = {"a": values["a"], "b": np.random.default_rng(6).random(25)}
+    lo, hi = bootstrap_macro_mean_ci(two, 400, seed=9)
+    glo, ghi = bootstrap_ci(two, macro_mean, 400, seed=9)
+    assert abs(lo - glo) < 0.05 and abs(hi - ghi) < 0.05  # same distribution, different draw order
 
 
 def test_summarise_per_benchmark_and_macro_average():

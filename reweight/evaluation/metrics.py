@@ -116,6 +116,34 @@ def bootstrap_ci(
     return float(np.quantile(stats, alpha)), float(np.quantile(stats, 1.0 - alpha))
 
 
+def bootstrap_macro_mean_ci(
+    values_by_group: Mapping[str, np.ndarray],
+    num_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """:func:`bootstrap_ci` of :func:`macro_mean`, vectorised: resample indices drawn as (R, P_g) matrices.
+
+    Draws the same resamples as ``bootstrap_ci(values_by_group, macro_mean, ...)`` would for one
+    group; for several groups the draw order differs, the distribution is the same.
+    """
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if num_resamples <= 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    group_means = []
+    for g, v in values_by_group.items():
+        v = np.asarray(v, dtype=np.float64)
+        if v.size == 0:
+            raise ValueError(f"bootstrap: group {g!r} has no problems")
+        idx = rng.integers(0, v.size, size=(num_resamples, v.size))
+        group_means.append(v[idx].mean(axis=1))  # (R,)
+    stats = np.mean(group_means, axis=0)
+    alpha = (1.0 - confidence) / 2.0
+    return float(np.quantile(stats, alpha)), float(np.quantile(stats, 1.0 - alpha))
+
+
 def macro_mean(values_by_group: Mapping[str, np.ndarray]) -> float:
     """Mean over groups of the per-group mean (each benchmark weighs the same)."""
     return float(np.mean([np.mean(v) for v in values_by_group.values()]))
@@ -152,9 +180,9 @@ def summarise(
     out: dict[str, dict[str, dict[str, float]]] = {}
     for metric, groups in per_metric.items():
         for g, vals in groups.items():
-            lo, hi = bootstrap_ci({g: vals}, macro_mean, num_resamples, confidence, seed)
+            lo, hi = bootstrap_macro_mean_ci({g: vals}, num_resamples, confidence, seed)
             out.setdefault(g, {})[metric] = {"value": float(vals.mean()), "ci_low": lo, "ci_high": hi, "num_problems": int(vals.size)}
-        lo, hi = bootstrap_ci(groups, macro_mean, num_resamples, confidence, seed)
+        lo, hi = bootstrap_macro_mean_ci(groups, num_resamples, confidence, seed)
         total = int(sum(v.size for v in groups.values()))
         out.setdefault("average", {})[metric] = {"value": macro_mean(groups), "ci_low": lo, "ci_high": hi, "num_problems": total}
     return out
