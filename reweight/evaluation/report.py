@@ -116,9 +116,8 @@ def _num(x: Any) -> str:
 def render_markdown(report: Mapping[str, Any]) -> str:
     """Markdown tables: one per metric (rows: models, columns: benchmarks + average), then support."""
     models = report["models"]
-    first = next(iter(models.values()))["summary"]
-    groups = [g for g in first if g != "average"] + ["average"]
-    metrics = list(first["average"].keys())
+    groups = list(dict.fromkeys(g for m in models.values() for g in m["summary"] if g != "average")) + ["average"]
+    metrics = list(dict.fromkeys(metric for m in models.values() for metric in m["summary"]["average"]))
     lines = [
         "# Evaluation report",
         "",
@@ -131,7 +130,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     for metric in metrics:
         lines += ["", f"## {metric}", "", "| model | " + " | ".join(groups) + " |", "|---" * (len(groups) + 1) + "|"]
         for label, m in models.items():
-            cells = [_fmt(m["summary"][g][metric]) if g in m["summary"] else "–" for g in groups]
+            cells = [_fmt(m["summary"][g][metric]) if metric in m["summary"].get(g, {}) else "–" for g in groups]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     counts = ", ".join(f"{label}: {m['num_problems']}" for label, m in models.items())
     lines += ["", f"Problems per model: {counts}.", "", "![pass@k](pass_at_k.png)"]
@@ -165,7 +164,7 @@ def plot_pass_curves(report: Mapping[str, Any], path: str | os.PathLike) -> Path
     import matplotlib.ticker
 
     models = report["models"]
-    groups = list(next(iter(models.values()))["pass_at_k_curve"].keys())
+    groups = list(dict.fromkeys(g for m in models.values() for g in m["pass_at_k_curve"] if g != "average")) + ["average"]
     fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.6), squeeze=False)
     for ax, g in zip(axes[0], groups):
         for label, m in models.items():
