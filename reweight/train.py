@@ -34,6 +34,29 @@ def compose_config(config_name: str = DEFAULT_CONFIG, overrides: Sequence[str] =
         return compose(config_name=config_name, overrides=list(overrides))
 
 
+PLUGIN_MODULE = "reweight.plugin"
+
+
+def require_plugin_in_workers(cfg: DictConfig) -> None:
+    """Make every Ray worker import our plugin loudly.
+
+    verl imports ``verl.plugins`` entry points but swallows their errors at DEBUG level; modules named in
+    ``VERL_USE_EXTERNAL_MODULES`` it imports without a guard. Passing that variable through the job's
+    runtime_env makes a worker on a node without verl-reweight fail at ``import verl`` with
+    "No module named 'reweight'" (install verl-reweight there), and a broken install fail with its real
+    traceback, instead of a late "Unsupported loss mode" or a silently different loss.
+    """
+    from omegaconf import open_dict
+
+    env_vars = OmegaConf.select(cfg, "ray_kwargs.ray_init.runtime_env.env_vars", default=None)
+    modules = [m for m in str((env_vars or {}).get("VERL_USE_EXTERNAL_MODULES", "") or "").split(",") if m]
+    if PLUGIN_MODULE not in modules:
+        modules.append(PLUGIN_MODULE)
+    with open_dict(cfg):
+        cfg.ray_kwargs.ray_init.runtime_env.setdefault("env_vars", {})
+        cfg.ray_kwargs.ray_init.runtime_env.env_vars["VERL_USE_EXTERNAL_MODULES"] = ",".join(modules)
+
+
 def prepare(cfg: DictConfig) -> None:
     """Check the config and prepare the driver; raises before Ray starts on bad input."""
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
@@ -43,6 +66,7 @@ def prepare(cfg: DictConfig) -> None:
     from reweight.checks import check_config
 
     check_config(cfg)
+    require_plugin_in_workers(cfg)
     # HOOK: driver-side preparation that must happen before verl validates the config and Ray starts
     # (e.g. building the embedded default's data and model, CPU-backend checks) goes here.
     auto_set_device(cfg)

@@ -124,25 +124,33 @@ def test_cli_bad_input_exits_nonzero_with_the_key(tmp_path):
     assert "reward_model.reward_manager" in out.stderr + out.stdout
 
 
-def test_loss_registered_in_a_fresh_ray_worker():
-    """A Ray worker process imports verl and finds loss_mode 'reweight' via our verl.plugins entry point."""
+@pytest.fixture(scope="module")
+def local_ray():
     import ray
 
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, namespace="test_configs")
-    try:
-        @ray.remote(num_cpus=1)
-        def registered_losses():
-            import os
+    yield ray
+    ray.shutdown()
 
-            from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY
 
-            return os.getpid(), sorted(POLICY_LOSS_REGISTRY)
+def _registered_losses_task(ray):
+    """A Ray task (defined locally so Ray ships it by value, not by this test module's name)."""
 
-        pid, names = ray.get(registered_losses.remote(), timeout=240)
-    finally:
-        ray.shutdown()
+    def registered_losses():
+        import os
+
+        from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY
+
+        return os.getpid(), os.environ.get("VERL_USE_EXTERNAL_PLUGINS"), sorted(POLICY_LOSS_REGISTRY)
+
+    return ray.remote(num_cpus=1)(registered_losses)
+
+
+def test_loss_registered_in_a_fresh_ray_worker(local_ray):
+    """A Ray worker process imports verl and finds loss_mode 'reweight' via our verl.plugins entry point."""
     import os
 
+    pid, _, names = local_ray.get(_registered_losses_task(local_ray).remote(), timeout=600)
     assert pid != os.getpid()
     assert "reweight" in names and "vanilla" in names
 
@@ -162,3 +170,16 @@ def test_wheel_ships_the_configs(tmp_path):
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "[verl.plugins]" in entry_points and "reweight = reweight.plugin" in entry_points
     assert OmegaConf.load(ROOT / "configs" / "dapo.yaml").defaults[0] == "ppo_trainer"
+
+
+def test_workers_import_the_plugin_even_without_entry_point_discovery(local_ray):
+    """prepare() routes our plugin through VERL_USE_EXTERNAL_MODULES in the job's runtime_env, which verl
+    imports unguarded in every worker: here entry-point discovery is off and the loss is still registered."""
+    cfg = compose_config("dapo_reweight", MODEL)
+    prepare(cfg)
+    env_vars = dict(OmegaConf.to_container(cfg.ray_kwargs.ray_init.runtime_env.env_vars))
+    assert env_vars["VERL_USE_EXTERNAL_MODULES"] == "reweight.plugin"
+    env_vars["VERL_USE_EXTERNAL_PLUGINS"] = "none"
+    task = _registered_losses_task(local_ray).options(runtime_env={"env_vars": env_vars})
+    _, plugins_policy, names = local_ray.get(task.remote(), timeout=600)
+    assert plugins_policy == "none" and "reweight" in names
