@@ -190,3 +190,16 @@ def test_peak_memory_grows_with_activations_not_seq_times_vocab():
     naive = lambda ids, resp: naive_fp32(base, rl, ids, resp)
     naive_per_token = (peak(1024, naive) - peak(512, naive)) / 512
     assert naive_per_token >= V * 4 > 20 * (long_ - short) / (4096 - 512), naive_per_token
+
+
+@pytest.mark.gpu
+def test_bf16_on_gpu_agrees_with_fp32_on_cpu(tiny_pair):
+    """bf16 weights on the GPU with an fp32 head and softmax stay close to the fp32 CPU values."""
+    tok, base, rl = tiny_pair
+    seqs, plens = random_batch(len(tok), seed=11)
+    ids, attn, resp, _ = pad_batch(seqs, plens, "left", pad_id=tok.pad_token_id)
+    want = token_metrics(base, rl, input_ids=ids, attention_mask=attn, response_mask=resp)
+    gb, gr = (copy.deepcopy(m).to("cuda", torch.bfloat16) for m in (base, rl))
+    got = token_metrics(gb, gr, input_ids=ids.cuda(), attention_mask=attn.cuda(), response_mask=resp.cuda(), chunk_size=4)
+    for k in METRIC_NAMES:
+        torch.testing.assert_close(got[k].cpu(), want[k], atol=0.05, rtol=0.02, msg=k)

@@ -97,6 +97,9 @@ def _head(model, vocab_limit: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     return weight[:vocab_limit], (bias[:vocab_limit] if bias is not None else None)
 
 
+_MM_OUT_DTYPE_OK: dict[torch.device, bool] = {}
+
+
 def _log_probs(hidden: torch.Tensor, weight, bias, temperature: float) -> torch.Tensor:
     """fp32 log-softmax of ``hidden @ weight.T / T``: ``(chunk, vocab_limit)``.
 
@@ -105,8 +108,12 @@ def _log_probs(hidden: torch.Tensor, weight, bias, temperature: float) -> torch.
     """
     if weight.dtype == torch.float32:
         logits = hidden.float() @ weight.t()
-    elif hidden.is_cuda:
-        logits = torch.mm(hidden.to(weight.dtype), weight.t(), out_dtype=torch.float32)
+    elif hidden.is_cuda and _MM_OUT_DTYPE_OK.get(hidden.device, True):
+        try:  # bf16 inputs, fp32 accumulation and output: no rounding of logits to bf16
+            logits = torch.mm(hidden.to(weight.dtype), weight.t(), out_dtype=torch.float32)
+        except (RuntimeError, TypeError):  # older torch/cuBLAS without it: upcast instead
+            _MM_OUT_DTYPE_OK[hidden.device] = False
+            return _log_probs(hidden, weight, bias, temperature)
     else:
         logits = hidden.float() @ weight.float().t()
     if bias is not None:
