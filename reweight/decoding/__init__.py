@@ -15,6 +15,7 @@ from reweight.decoding.decoder import (
     StepInfo,
     TwoModelDecoder,
     check_same_tokenizer,
+    select_tokens,
 )
 from reweight.decoding.distributions import (
     entropy,
@@ -39,6 +40,7 @@ __all__ = [
     "flag_positions",
     "kl_divergence",
     "sample_from_logprobs",
+    "select_tokens",
     "temperature_logprobs",
     "top_p_logprobs",
 ]

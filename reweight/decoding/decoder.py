@@ -139,7 +139,8 @@ class StepInfo:
     ``rows``: ``[b]`` indices of these sequences in the ``prompts`` passed to :meth:`TwoModelDecoder.decode`.
     ``logp_base`` / ``logp_rl``: ``[b, V]`` full temperature-scaled log-probs.
     ``proposal_logp``: ``[b, V]`` the top-p distribution the base proposal was drawn from (None in ``global``).
-    ``replacement_logp``: ``[b, V]`` the top-p distribution flagged tokens are drawn from (π_RL or π_Extra).
+    ``replacement_logp``: ``[b, V]`` the top-p distribution flagged tokens are drawn from (π_RL or
+    π_Extra); None when nothing was flagged and distributions were not requested.
     ``proposed``: ``[b]`` base proposals (None in ``global``); ``scores``: ``[b]`` criterion scores
     (None for ``none`` / ``all``); ``flagged``: ``[b]`` bool; ``tokens``: ``[b]`` emitted tokens.
     """
@@ -149,7 +150,7 @@ class StepInfo:
     logp_base: torch.Tensor
     logp_rl: torch.Tensor
     proposal_logp: torch.Tensor | None
-    replacement_logp: torch.Tensor
+    replacement_logp: torch.Tensor | None
     proposed: torch.Tensor | None
     scores: torch.Tensor | None
     flagged: torch.Tensor
@@ -158,9 +159,56 @@ class StepInfo:
     @property
     def sampled_logp(self) -> torch.Tensor:
         """``[b, V]`` the distribution each emitted token was actually drawn from."""
-        if self.proposal_logp is None:
-            return self.replacement_logp
+        if self.proposal_logp is None or self.replacement_logp is None:
+            return self.replacement_logp if self.proposal_logp is None else self.proposal_logp
         return torch.where(self.flagged.unsqueeze(-1), self.replacement_logp, self.proposal_logp)
+
+
+def select_tokens(
+    logits_base: torch.Tensor,
+    logits_rl: torch.Tensor,
+    uniforms: torch.Tensor,
+    config: DecodeConfig,
+    *,
+    step: int = 0,
+    rows: torch.Tensor | None = None,
+    keep_distributions: bool = False,
+) -> StepInfo:
+    """One step of Algorithm 1 for a batch: propose, apply the criterion, resample flagged tokens.
+
+    Args:
+        logits_base, logits_rl: ``[b, V]`` next-token logits of the two models on the same prefixes.
+        uniforms: ``[b, 3]`` uniforms in [0, 1): proposal, ``random`` criterion, resample.
+        config: the decoding setting.
+        step, rows: copied into the result (bookkeeping for hooks).
+        keep_distributions: compute ``replacement_logp`` even when nothing is flagged.
+
+    Returns:
+        a :class:`StepInfo` whose ``tokens`` are the emitted tokens.
+    """
+    logp_base = temperature_logprobs(logits_base, config.temperature)
+    logp_rl = temperature_logprobs(logits_rl, config.temperature)
+    if rows is None:
+        rows = torch.arange(logp_base.shape[0], device=logp_base.device)
+
+    def replacement() -> torch.Tensor:
+        target = logp_rl if config.mode == "replace" else extrapolate_logprobs(logp_rl, logp_base, config.gamma)
+        return top_p_logprobs(target, config.top_p)
+
+    if config.mode == "global":
+        replacement_logp = replacement()
+        tokens = sample_from_logprobs(replacement_logp, uniforms[:, 2])
+        flagged = torch.ones_like(tokens, dtype=torch.bool)
+        return StepInfo(step, rows, logp_base, logp_rl, None, replacement_logp, None, None, flagged, tokens)
+    proposal_logp = top_p_logprobs(logp_base, config.top_p)
+    proposed = sample_from_logprobs(proposal_logp, uniforms[:, 0])
+    scores = criterion_scores(config.criterion, logp_base, logp_rl, proposed, uniforms[:, 1])
+    flagged = flag_positions(config.criterion, config.tau, scores, len(proposed), device=proposed.device)
+    replacement_logp, tokens = None, proposed
+    if keep_distributions or bool(flagged.any()):
+        replacement_logp = replacement()
+        tokens = torch.where(flagged, sample_from_logprobs(replacement_logp, uniforms[:, 2]), proposed)
+    return StepInfo(step, rows, logp_base, logp_rl, proposal_logp, replacement_logp, proposed, scores, flagged, tokens)
 
 
 def check_same_tokenizer(base_tokenizer, rl_tokenizer, base_name: str = "base", rl_name: str = "rl") -> None:
@@ -301,36 +349,13 @@ class TwoModelDecoder:
 
         stop_ids = torch.tensor(self.stop_token_ids, dtype=torch.long, device=dev)
         rows = torch.arange(n, device=dev)
-        is_global = config.mode == "global"
         for step in range(T):
             u = noise[rows, step]  # [b, 3]
-            logp_base = temperature_logprobs(logits_base, config.temperature)
-            logp_rl = temperature_logprobs(logits_rl, config.temperature)
-
-            def replacement() -> torch.Tensor:
-                target = logp_rl if config.mode == "replace" else extrapolate_logprobs(logp_rl, logp_base, config.gamma)
-                return top_p_logprobs(target, config.top_p)
-
-            if is_global:
-                proposal_logp = proposed = scores = None
-                flagged = torch.ones(len(rows), dtype=torch.bool, device=dev)
-                replacement_logp = replacement()
-                tokens = sample_from_logprobs(replacement_logp, u[:, 2])
-            else:
-                proposal_logp = top_p_logprobs(logp_base, config.top_p)
-                proposed = sample_from_logprobs(proposal_logp, u[:, 0])
-                scores = criterion_scores(config.criterion, logp_base, logp_rl, proposed, u[:, 1])
-                flagged = flag_positions(config.criterion, config.tau, scores, len(rows), device=dev)
-                replacement_logp = None
-                tokens = proposed
-                if on_step is not None or bool(flagged.any()):
-                    replacement_logp = replacement()
-                    tokens = torch.where(flagged, sample_from_logprobs(replacement_logp, u[:, 2]), proposed)
+            info = select_tokens(logits_base, logits_rl, u, config, step=step, rows=rows,
+                                 keep_distributions=on_step is not None)
             if on_step is not None:
-                on_step(
-                    StepInfo(step, rows.clone(), logp_base, logp_rl, proposal_logp, replacement_logp, proposed, scores,
-                             flagged, tokens)
-                )
+                on_step(info)
+            tokens, flagged, proposed = info.tokens, info.flagged, info.proposed
 
             stopped = torch.isin(tokens, stop_ids)
             for r, tok, flag, prop, stop in zip(
@@ -370,4 +395,5 @@ class TwoModelDecoder:
         return results
 
 
-__all__ = ["CRITERIA", "MODES", "DecodeConfig", "SequenceResult", "StepInfo", "TwoModelDecoder", "check_same_tokenizer"]
+__all__ = ["CRITERIA", "MODES", "DecodeConfig", "SequenceResult", "StepInfo", "TwoModelDecoder", "check_same_tokenizer",
+           "select_tokens"]
