@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 import torch
 
-from reweight.data.synthetic import is_correct as synthetic_is_correct
 from reweight.data.synthetic import make_problems, to_verl_row
 from reweight.decoding import TwoModelDecoder
 from reweight.decoding.cli import main
@@ -30,11 +29,24 @@ def single_thread():
     torch.set_num_threads(previous)
 
 
+PARITY_SOURCE = "decode_test_parity"
+
+
+def parity_checker(response: str, ground_truth: str) -> bool:
+    """A test checker that random tiny models pass about half the time: response length parity
+    equals the answer's parity. (The synthetic task's exact checker would score them all 0.)"""
+    return len(response) % 2 == int(ground_truth) % 2
+
+
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    """A verl-schema parquet of synthetic arithmetic problems."""
+    """A verl-schema parquet of synthetic arithmetic problems, scored by :func:`parity_checker`
+    (registered in the evaluation scoring registry under its ``data_source``)."""
+    from reweight.evaluation.scoring import register_checker
+
+    register_checker(PARITY_SOURCE, parity_checker)
     path = tmp_path_factory.mktemp("data") / "synthetic.parquet"
-    rows = [to_verl_row(p, "test", i) for i, p in enumerate(make_problems(N_PROMPTS, seed=4))]
+    rows = [dict(to_verl_row(p, "test", i), data_source=PARITY_SOURCE) for i, p in enumerate(make_problems(N_PROMPTS, seed=4))]
     pd.DataFrame(rows).to_parquet(path)
     return path
 
@@ -89,10 +101,11 @@ def test_sweep_table_plots_and_resume(tiny_pair_dirs, dataset, tmp_path, capsys,
 
     # every point's numbers agree with its per-sequence records, scored independently
     rows = pd.read_parquet(dataset).to_dict(orient="records")
+    assert 0 < table["accuracy"].mean() < 1
     for key, row in by_key.iterrows():
         records = [json.loads(line) for line in (out / "points" / f"{key}.samples.jsonl").read_text().splitlines()]
         assert len(records) == N_PROMPTS * N_SAMPLES
-        correct = [synthetic_is_correct(r["text"], rows[r["prompt_index"]]["reward_model"]["ground_truth"]) for r in records]
+        correct = [parity_checker(r["text"], rows[r["prompt_index"]]["reward_model"]["ground_truth"]) for r in records]
         assert [r["correct"] for r in records] == correct
         assert row["accuracy"] == pytest.approx(sum(correct) / len(correct))
         generated = sum(len(r["tokens"]) for r in records)
@@ -132,6 +145,9 @@ def test_generate_writes_records(tiny_pair_dirs, dataset, tmp_path, capsys):
     total = sum(r["n_generated"] for r in records)
     assert summary["replacement_ratio"] == pytest.approx(sum(r["n_replaced"] for r in records) / total)
     assert summary["config"]["mode"] == "extrapolate" and summary["config"]["gamma"] == 0.2
+    truths = pd.read_parquet(dataset)["reward_model"].map(lambda rm: rm["ground_truth"]).tolist()
+    assert [r["correct"] for r in records] == [parity_checker(r["text"], truths[r["prompt_index"]]) for r in records]
+    assert summary["accuracy"] == pytest.approx(sum(r["correct"] for r in records) / len(records))
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,14 @@ Examples::
         --grid logp_diff=-1,-0.5,-0.3,-0.1 --grid entropy=2,1,0.5 --grid kl=0.5,0.2,0.1 \\
         --grid random=0.05,0.1,0.2 --extrapolate-tau -0.3 --gammas 0.05,0.1 --global-gammas 0.1
 
+Criteria (a flagged base proposal y_t is resampled): logp_diff Δlog p(y_t) ≤ τ; entropy
+H(π_Base) ≥ τ; rl_entropy H(π_RL) ≥ τ; kl KL(π_RL‖π_Base) ≥ τ; kl_reverse KL(π_Base‖π_RL) ≥ τ;
+random u < τ; none; all. All on the full-vocabulary distributions at the sampling temperature
+(before top-p). Modes: replace (flagged → π_RL), extrapolate (flagged → π_Extra ∝ π_RL·exp(γ Δlog p)),
+global (every token from π_Extra). Sampling: temperature 1.0, top-p 0.7 (the paper's) by default.
+
+sweep writes <out>/points/<setting>.json and .samples.jsonl per finished grid point (a rerun
+skips them), results.csv / results.json, fig1c_accuracy_vs_ratio.png and fig4_extrapolation.png.
 Every argument is validated (criterion, mode, τ, γ, tokenizers, dataset columns) before a model
 is loaded.
 """
@@ -73,7 +81,10 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="reweight-decode", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="reweight-decode", description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="decode one setting and write per-sequence records (JSON lines)")
