@@ -2,10 +2,25 @@
 
 verl imports each ``verl.plugins`` entry point at the end of ``import verl`` -- in the driver and in
 every Ray worker on every node -- and swallows import errors at DEBUG level. Importing this module
-registers the ``reweight`` policy loss in ``verl.trainer.ppo.core_algos.POLICY_LOSS_REGISTRY``.
-The loss config's ``_target_`` (``reweight.loss.ReweightPolicyLossConfig``) imports the same module,
+
+- registers the ``reweight`` policy loss in ``verl.trainer.ppo.core_algos.POLICY_LOSS_REGISTRY``;
+- installs the CPU backend (:mod:`reweight.cpu`): verl platform ``cpu``, selected by
+  ``VERL_PLATFORM=cpu`` or when no accelerator is present, plus its version-checked patches.
+  A failure there is logged at ERROR (verl would hide it) and raised again by
+  ``reweight.cpu.check()``, which ``reweight-train`` calls before Ray starts.
+
+The loss config's ``_target_`` (``reweight.loss.ReweightPolicyLossConfig``) imports the loss module,
 so a worker that instantiates the config has the loss even if plugin discovery was turned off
 (``VERL_USE_EXTERNAL_PLUGINS=none``).
 """
 
+import logging
+
 import reweight.loss  # noqa: F401  (registers loss_mode "reweight")
+
+try:
+    import reweight.cpu
+
+    reweight.cpu.install()
+except Exception as _e:  # verl swallows plugin errors at DEBUG: say it loudly, the driver re-raises
+    logging.getLogger("reweight.cpu").error("reweight CPU backend not installed: %s", _e)

@@ -69,6 +69,11 @@ def prepare(cfg: DictConfig) -> None:
     require_plugin_in_workers(cfg)
     # HOOK: driver-side preparation that must happen before verl validates the config and Ray starts
     # (e.g. building the embedded default's data and model, CPU-backend checks) goes here.
+    from reweight.cpu.resources import prepare_driver as prepare_cpu_backend
+    from reweight.embedded import prepare as prepare_embedded
+
+    prepare_embedded(cfg)  # builds/caches the embedded:// model and data on first use
+    prepare_cpu_backend(cfg)  # CPU platform only: refuses what cannot run, sizes Ray / TransferQueue
     auto_set_device(cfg)
     validate_config(config=cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
 

@@ -1,0 +1,447 @@
+"""Rollout ``hf``: a Hugging Face transformers generation server for verl's agent loop and trainer.
+
+verl 0.9.1 generates only through vLLM / SGLang / TensorRT-LLM servers, none of which runs on a
+CPU-only torch. This module implements the same three pieces for plain transformers:
+
+- :class:`HFRolloutServer`, a Ray actor with the methods verl's agent loop and trainer call on a
+  vLLM server: token-in/token-out ``generate`` (returns verl's ``TokenOutput`` with per-token
+  log-probs and ``extra_fields["global_steps"]``), ``load_weights`` for the hybrid engine's weight
+  sync, and the lifecycle calls (sleep / wake_up / KV-cache / abort / profiling) as no-ops;
+  concurrent requests are batched (see :mod:`reweight.cpu.generation`);
+- :class:`HFReplica`, the ``RolloutReplica`` verl's ``LLMServerManager`` creates per replica; it
+  starts one server actor on the node of the replica's first training worker;
+- :class:`HFServerAdapter`, the in-worker ``BaseRollout`` that ``engine_workers.update_weights``
+  drives each step: every rank drains the weight generator (FSDP2 gathers are collective), the
+  replica's rollout rank 0 sends the full state dict to its server.
+
+Select it with ``actor_rollout_ref.rollout.name=hf`` (the CPU backend's patches register it).
+The server runs on CUDA when its process sees a GPU, on CPU otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import zlib
+from collections.abc import AsyncIterable, Iterable
+from typing import Any, Optional
+
+import ray
+import torch
+
+from reweight.cpu.generation import SamplingSpec, generate_batch
+
+logger = logging.getLogger("reweight.cpu.rollout")
+
+SERVER_NAME_PREFIX = "hf_"
+# Requests arriving within this window after the first one join its batch.
+BATCH_WINDOW_S = float(os.environ.get("REWEIGHT_HF_BATCH_WINDOW_S", "0.02"))
+
+
+def server_actor_name(replica_rank: int, node_rank: int = 0, suffix: str = "") -> str:
+    return f"{SERVER_NAME_PREFIX}server_{replica_rank}_{node_rank}{suffix}"
+
+
+def _get(cfg: Any, key: str, default: Any = None) -> Any:
+    if cfg is None:
+        return default
+    if isinstance(cfg, dict):
+        return cfg.get(key, default)
+    try:
+        return cfg.get(key, default)  # DictConfig / verl BaseConfig
+    except Exception:
+        return getattr(cfg, key, default)
+
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+class HFRolloutServer:
+    """The generation server (wrapped with ``ray.remote`` by :class:`HFReplica`).
+
+    Args:
+        config: verl ``RolloutConfig`` (prompt/response lengths, dtype, seed, logprobs_mode, ...).
+        model_config: verl ``HFModelConfig`` (``local_path``, ``override_config``, tokenizer).
+        replica_rank: index of the replica (seeds the sampler: ``config.seed + replica_rank``).
+        num_threads: torch intra-op threads for this process (None: leave torch's default).
+    """
+
+    def __init__(self, config: Any, model_config: Any, replica_rank: int = 0, num_threads: Optional[int] = None):
+        from transformers import AutoModelForCausalLM
+
+        if num_threads:
+            torch.set_num_threads(int(num_threads))
+        self.config = config
+        self.model_config = model_config
+        self.replica_rank = replica_rank
+        self.global_steps: Optional[int] = None
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        dtype_name = str(_get(config, "dtype", "float32"))
+        # CPU kernels are fp32 (and the actor recomputes log-probs in fp32 on CPU): stay there.
+        self.dtype = torch.float32 if self.device.type == "cpu" else _DTYPES.get(dtype_name, torch.float32)
+        path = _get(model_config, "local_path") or _get(model_config, "path")
+        override = dict(_get(model_config, "override_config", {}) or {})
+        attn = override.pop("attn_implementation", None) or "sdpa"
+        self.model = AutoModelForCausalLM.from_pretrained(
+            path,
+            dtype=self.dtype,
+            attn_implementation=attn,
+            trust_remote_code=bool(_get(model_config, "trust_remote_code", False)),
+        ).to(self.device)
+        self.model.eval()
+        self.param_names = {n for n, _ in self.model.named_parameters()}
+        self.tied = bool(getattr(self.model.config, "tie_word_embeddings", False))
+        self.eos_token_ids = self._eos_ids(path)
+        pad = getattr(self.model.config, "pad_token_id", None)
+        self.pad_token_id = int(pad) if pad is not None else self.eos_token_ids[0]
+        self.logprobs_mode = _get(config, "logprobs_mode", None) or "processed_logprobs"
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(int(_get(config, "seed", 42)) + int(replica_rank))
+        self.prompt_length = int(_get(config, "prompt_length", 512))
+        self.response_length = int(_get(config, "response_length", 512))
+        max_model_len = _get(config, "max_model_len", None)
+        self.max_model_len = int(max_model_len) if max_model_len else self.prompt_length + self.response_length
+        self.max_num_seqs = int(_get(config, "max_num_seqs", 1024) or 1024)
+        self.full_determinism = bool(_get(config, "full_determinism", False))
+        self.seed = int(_get(config, "seed", 42))
+        self._queue: list[tuple[list[int], SamplingSpec, Optional[int], asyncio.Future]] = []
+        self._wakeup: Optional[asyncio.Event] = None
+        self._engine_lock: Optional[asyncio.Lock] = None
+        self._loop_task: Optional[asyncio.Task] = None
+        self._paused = False
+        self.stats = {"requests": 0, "batches": 0, "tokens": 0, "weight_updates": 0}
+
+    def _eos_ids(self, path: str) -> list[int]:
+        ids: list[int] = []
+
+        def add(v):
+            if v is None:
+                return
+            for x in v if isinstance(v, (list, tuple)) else [v]:
+                if int(x) not in ids:
+                    ids.append(int(x))
+
+        add(getattr(self.model.config, "eos_token_id", None))
+        gen = getattr(self.model, "generation_config", None)
+        add(getattr(gen, "eos_token_id", None) if gen is not None else None)
+        try:
+            from transformers import AutoTokenizer
+
+            add(AutoTokenizer.from_pretrained(path).eos_token_id)
+        except Exception:  # a checkpoint without a tokenizer: the config's EOS ids only
+            pass
+        if not ids:
+            raise ValueError(f"hf rollout: no eos_token_id in the config, generation config or tokenizer of {path}")
+        return ids
+
+    # ------------------------------------------------------------------ lifecycle
+    async def ready(self) -> dict:
+        return {"device": str(self.device), "dtype": str(self.dtype), "threads": torch.get_num_threads()}
+
+    async def get_stats(self) -> dict:
+        return dict(self.stats)
+
+    def _ensure_loop(self) -> None:
+        if self._loop_task is None or self._loop_task.done():
+            self._wakeup = asyncio.Event()
+            self._engine_lock = asyncio.Lock()
+            self._loop_task = asyncio.get_running_loop().create_task(self._batch_loop())
+
+    # ------------------------------------------------------------------ generation
+    def _spec(self, prompt_len: int, sp: dict) -> SamplingSpec:
+        sp = dict(sp or {})
+        room = self.max_model_len - prompt_len
+        if room < 1:
+            raise ValueError(
+                f"Prompt length ({prompt_len}) leaves no room to generate within max_model_len ({self.max_model_len})"
+            )
+        if "max_tokens" in sp:
+            max_tokens = sp.pop("max_tokens")
+        elif "max_new_tokens" in sp:
+            max_tokens = sp.pop("max_new_tokens")
+        else:
+            max_tokens = min(self.response_length, self.prompt_length + self.response_length - prompt_len)
+        max_tokens = max(1, min(int(max_tokens), room))
+        temperature = float(sp.get("temperature", 1.0))
+        top_k = sp.get("top_k", -1)
+        top_p = sp.get("top_p", 1.0)
+        rep = float(sp.get("repetition_penalty", 1.0) or 1.0)
+        if rep != 1.0:
+            raise ValueError(f"hf rollout: repetition_penalty={rep} is not supported (only 1.0)")
+        return SamplingSpec(
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=1.0 if top_p is None else float(top_p),
+            top_k=-1 if top_k is None else int(top_k),
+            ignore_eos=bool(sp.get("ignore_eos", _get(self.config, "ignore_eos", False))),
+            logprobs=bool(sp.get("logprobs", False)),
+            stop_token_ids=tuple(int(t) for t in (sp.get("stop_token_ids") or ())),
+        )
+
+    async def generate(
+        self,
+        prompt_ids: list[int],
+        sampling_params: dict[str, Any],
+        request_id: str,
+        image_data: Optional[list[Any]] = None,
+        video_data: Optional[list[Any]] = None,
+        audio_data: Optional[list[Any]] = None,
+        mm_processor_kwargs: Optional[dict[str, Any]] = None,
+        priority: int = 0,
+        **kwargs: Any,
+    ):
+        """Token-in/token-out generation; the signature verl's ``LLMServerClient`` calls."""
+        from verl.workers.rollout.replica import TokenOutput
+
+        if image_data is not None or video_data is not None or audio_data is not None:
+            raise NotImplementedError("hf rollout: multimodal inputs are not supported")
+        prompt_ids = [int(t) for t in (prompt_ids.tolist() if hasattr(prompt_ids, "tolist") else prompt_ids)]
+        spec = self._spec(len(prompt_ids), sampling_params)
+        # Deterministic serving (rollout.full_determinism): each request draws from its own RNG
+        # seeded by (seed, request_id) -- verl then passes stable ids ("det-<index>") -- so its
+        # tokens do not depend on how requests were batched or routed.
+        row_seed = (sampling_params or {}).get("seed")
+        if row_seed is None and self.full_determinism:
+            row_seed = self.seed * 1_000_003 + zlib.crc32(str(request_id).encode())
+        self._ensure_loop()
+        fut = asyncio.get_running_loop().create_future()
+        self._queue.append((prompt_ids, spec, row_seed, fut))
+        self._wakeup.set()
+        result = await fut
+        self.stats["requests"] += 1
+        return TokenOutput(
+            token_ids=result.token_ids,
+            log_probs=result.log_probs if spec.logprobs else None,
+            stop_reason="completed",
+            num_preempted=0,
+            extra_fields={"global_steps": self.global_steps, "finish_reason": result.finish_reason},
+        )
+
+    async def _batch_loop(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            if not self._queue:
+                continue
+            # let the rest of a burst of requests arrive (the agent loop sends a whole batch at once)
+            seen = -1
+            while len(self._queue) != seen and len(self._queue) < self.max_num_seqs:
+                seen = len(self._queue)
+                await asyncio.sleep(BATCH_WINDOW_S)
+            batch, self._queue = self._queue[: self.max_num_seqs], self._queue[self.max_num_seqs :]
+            if self._queue:
+                self._wakeup.set()
+            async with self._engine_lock:
+                try:
+                    results = await asyncio.to_thread(
+                        self._run_batch, [b[0] for b in batch], [b[1] for b in batch], [b[2] for b in batch]
+                    )
+                except BaseException as e:  # hand the error to every waiting request
+                    for *_, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(e)
+                    continue
+            for (*_, fut), res in zip(batch, results):
+                if not fut.done():
+                    fut.set_result(res)
+
+    def _run_batch(self, prompts: list[list[int]], specs: list[SamplingSpec], seeds: list[Optional[int]]):
+        row_generators = None
+        if any(s is not None for s in seeds):
+            row_generators = [
+                None if s is None else torch.Generator(device=self.device).manual_seed(int(s) % (2**63)) for s in seeds
+            ]
+        results = generate_batch(
+            self.model,
+            prompts,
+            specs,
+            eos_token_ids=self.eos_token_ids,
+            pad_token_id=self.pad_token_id,
+            generator=self.generator,
+            logprobs_mode=self.logprobs_mode,
+            row_generators=row_generators,
+        )
+        self.stats["batches"] += 1
+        self.stats["tokens"] += sum(len(r.token_ids) for r in results)
+        return results
+
+    # ------------------------------------------------------------------ weights
+    async def load_weights(self, named_tensors: dict[str, torch.Tensor], global_steps: Optional[int] = None) -> int:
+        """Copy a full (HF-named) state dict into the model; every parameter must be present."""
+        self._ensure_loop()
+        async with self._engine_lock:
+            params = dict(self.model.named_parameters())
+            unknown = [n for n in named_tensors if n not in params and not (self.tied and n == "lm_head.weight")]
+            if unknown:
+                raise KeyError(f"hf rollout: weights for unknown parameters {unknown[:5]} (of {len(unknown)})")
+            missing = [n for n in params if n not in named_tensors]
+            if missing:
+                raise KeyError(f"hf rollout: weight update lacks parameters {missing[:5]} (of {len(missing)})")
+            with torch.no_grad():
+                for name, tensor in named_tensors.items():
+                    if name in params:
+                        p = params[name]
+                        if tuple(p.shape) != tuple(tensor.shape):
+                            raise ValueError(f"hf rollout: {name} has shape {tuple(tensor.shape)}, model {tuple(p.shape)}")
+                        p.copy_(tensor.to(device=p.device, dtype=p.dtype))
+            self.stats["weight_updates"] += 1
+        if global_steps is not None:
+            self.global_steps = global_steps
+        return len(named_tensors)
+
+    async def set_global_steps(self, global_steps: int) -> None:
+        self.global_steps = global_steps
+
+    # ------------------------------------------------------------------ no-op lifecycle calls
+    # Weights and the KV cache live in this process's memory; there is nothing to release or restore.
+    async def wake_up(self, tags: Optional[list[str]] = None) -> None:
+        return None
+
+    async def sleep(self) -> None:
+        return None
+
+    async def clear_kv_cache(self) -> None:
+        return None
+
+    async def release_kv_cache(self) -> None:
+        return None
+
+    async def resume_kv_cache(self) -> None:
+        return None
+
+    async def wait_for_requests_to_drain(self) -> None:
+        while self._queue or (self._engine_lock is not None and self._engine_lock.locked()):
+            await asyncio.sleep(0.01)
+
+    async def abort_all_requests(self, reset_prefix_cache: bool = True, reject_request: bool = False) -> dict:
+        # Batches run to completion (no partial rollout): nothing is ever aborted.
+        return {"aborted_count": 0, "request_ids": []}
+
+    async def abort_request(self, request_id: str, reset_prefix_cache: bool = True) -> dict:
+        return {"aborted": False, "request_id": request_id, "error": "hf rollout does not abort requests"}
+
+    async def resume_generation(self) -> None:
+        return None
+
+    async def start_profile(self, **kwargs) -> None:
+        return None
+
+    async def stop_profile(self) -> None:
+        return None
+
+
+def _replica_base():
+    from verl.workers.rollout.replica import RolloutReplica
+
+    return RolloutReplica
+
+
+class HFReplica(_replica_base()):
+    """One ``hf`` rollout replica: a single :class:`HFRolloutServer` actor (tensor/data parallel
+    sizes only decide how many training ranks share it; the server itself is one process)."""
+
+    async def launch_servers(self):
+        assert self.workers, "hf rollout: replica has no workers to colocate with"
+        node_id = await self.workers[0].__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id())
+        num_threads = os.environ.get("REWEIGHT_HF_ROLLOUT_THREADS")
+        if not num_threads:
+            replicas = max(1, len(getattr(self, "_all_workers", self.workers)) // max(1, self.world_size))
+            num_threads = max(1, (os.cpu_count() or 1) // replicas)
+        if self.is_reward_model:
+            name = server_actor_name(self.replica_rank, 0, f"_reward{self.name_suffix}")
+        elif self.is_teacher_model:
+            name = server_actor_name(self.replica_rank, 0, f"_teacher{self.name_suffix}")
+        else:
+            name = server_actor_name(self.replica_rank, 0, self.name_suffix)
+        server_cls = ray.remote(HFRolloutServer)
+        server = server_cls.options(
+            name=name,
+            num_cpus=0,
+            max_concurrency=self.max_concurrency,
+            scheduling_strategy=ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(
+                node_id=node_id, soft=False
+            ),
+        ).remote(
+            config=self.config,
+            model_config=self.model_config,
+            replica_rank=self.replica_rank,
+            num_threads=int(num_threads),
+        )
+        info = await server.ready.remote()
+        logger.info("hf rollout replica %d: server %s ready on %s", self.replica_rank, name, info)
+        self.servers = [server]
+        self._server_handle = server
+        self._server_address = f"hf-rollout/{name}"
+
+    async def init_hybrid(self, worker_group):
+        self._all_workers = worker_group.workers
+        await super().init_hybrid(worker_group)
+
+
+def _base_rollout():
+    from verl.workers.rollout.base import BaseRollout
+
+    return BaseRollout
+
+
+class HFServerAdapter(_base_rollout()):
+    """In-worker side of the ``hf`` rollout (hybrid engine): forwards weight updates to the server."""
+
+    def __init__(self, config, model_config, device_mesh, replica_rank: int = -1):
+        super().__init__(config, model_config, device_mesh)
+        rank = int(os.environ.get("RANK", "0"))
+        rollout_world_size = (
+            self.config.tensor_model_parallel_size
+            * self.config.data_parallel_size
+            * self.config.pipeline_model_parallel_size
+        )
+        self.replica_rank = rank // rollout_world_size if replica_rank == -1 else replica_rank
+        self.rollout_rank = rank % rollout_world_size
+        self._has_server = self.rollout_rank == 0
+        self.server_handle = None
+
+    def _server(self):
+        if self.server_handle is None:
+            self.server_handle = ray.get_actor(server_actor_name(self.replica_rank, 0))
+        return self.server_handle
+
+    async def resume(self, tags: list[str]):
+        return None
+
+    async def release(self):
+        return None
+
+    @torch.no_grad()
+    async def update_weights(self, weights, global_steps: Optional[int] = None, wire_format: str = "named_tensors", **kwargs):
+        if wire_format != "named_tensors":
+            raise NotImplementedError(f"hf rollout: wire_format={wire_format!r} (only 'named_tensors')")
+        start = time.time()
+        state: dict[str, torch.Tensor] = {}
+        # Every rank must drain the generator: FSDP2's full_tensor() is a collective.
+        async for name, tensor in _iterate(weights):
+            if self._has_server:
+                state[name] = tensor.detach().to("cpu", copy=True)
+        if self._has_server:
+            await self._server().load_weights.remote(state, global_steps=global_steps)
+            logger.info("hf rollout: %d tensors to replica %d in %.2fs", len(state), self.replica_rank, time.time() - start)
+
+    def generate_sequences(self, prompts):
+        raise NotImplementedError("hf rollout is server-mode only (verl's agent loop)")
+
+
+async def _iterate(weights: Iterable | AsyncIterable):
+    if hasattr(weights, "__aiter__"):
+        async for item in weights:
+            yield item
+    else:
+        for item in weights:
+            yield item

@@ -1,0 +1,309 @@
+"""The embedded default: everything ``reweight-train`` needs with no arguments, built locally.
+
+``configs/embedded.yaml`` points the model and data at ``embedded://`` paths; :func:`prepare` (called
+by ``reweight-train`` before Ray starts) builds the assets on first use, caches them, and replaces
+every ``embedded://NAME`` in the config with the cached file:
+
+- ``embedded://train.parquet``, ``embedded://val.parquet``: the synthetic integer-arithmetic task
+  (:mod:`reweight.data.synthetic`, levels 1-3) in verl's RL parquet schema; train and held-out
+  validation problems are drawn from different seeds;
+- ``embedded://model``: a tiny Qwen2-architecture model with a tokenizer trained here
+  (:mod:`reweight.tiny`), briefly supervised-fine-tuned on reference solutions until its sampled
+  (temperature 1) accuracy on held-out problems sits in :data:`TARGET_ACCURACY` -- RL needs groups
+  with mixed outcomes. The accuracy reached is recorded in ``meta.json``.
+
+The cache lives in ``${REWEIGHT_CACHE:-~/.cache/verl-reweight}/embedded/<recipe hash>/``; it is
+written to a temporary directory and renamed into place (atomic), under a file lock so concurrent
+first runs build it once. Override any ``embedded://`` key to use your own model or data.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEME = "embedded://"
+ASSETS = ("model", "train.parquet", "val.parquet")
+TARGET_ACCURACY = (0.15, 0.5)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that determines the built assets (its hash names the cache directory)."""
+
+    levels: tuple[int, ...] = (1, 2, 3)
+    n_train: int = 2048
+    n_val: int = 256
+    data_seed: int = 1234
+    val_seed: int = 4321
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    model_seed: int = 0
+    sft_seed: int = 0
+    sft_batch_size: int = 32
+    sft_lr: float = 3e-3
+    sft_max_steps: int = 1500
+    sft_eval_every: int = 25
+    sft_eval_problems: int = 128
+    sft_threads: int = 1  # one thread: on a busy 2-core machine two threads contend (10x slower steps)
+    target_low: float = TARGET_ACCURACY[0]
+    target_high: float = TARGET_ACCURACY[1]
+    version: int = 2
+
+    def key(self) -> str:
+        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("REWEIGHT_CACHE", "~/.cache/verl-reweight")).expanduser() / "embedded"
+
+
+def asset_dir(recipe: Recipe | None = None) -> Path:
+    return cache_root() / (recipe or Recipe()).key()
+
+
+# ------------------------------------------------------------------------------------------ data
+
+
+def _chat_prompt_ids(tok, prompt: str) -> list[int]:
+    ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True)
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+
+def write_data(out: Path, recipe: Recipe) -> None:
+    """Train / held-out validation parquets in verl's RL schema."""
+    import pandas as pd
+
+    from reweight.data.synthetic import make_problems, to_verl_row
+
+    train = make_problems(recipe.n_train, recipe.data_seed, recipe.levels)
+    val = make_problems(recipe.n_val, recipe.val_seed, recipe.levels)
+    pd.DataFrame([to_verl_row(p, "train", i) for i, p in enumerate(train)]).to_parquet(out / "train.parquet")
+    pd.DataFrame([to_verl_row(p, "test", i) for i, p in enumerate(val)]).to_parquet(out / "val.parquet")
+
+
+# ------------------------------------------------------------------------------------------ SFT
+
+
+def sampled_accuracy(model, tok, problems, *, temperature: float = 1.0, max_tokens: int = 24, seed: int = 0) -> float:
+    """Fraction of ``problems`` answered correctly, one sample each at ``temperature`` (0 = greedy)."""
+    import torch
+
+    from reweight.cpu.generation import SamplingSpec, generate_batch
+    from reweight.data.synthetic import is_correct
+
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    prompts = [_chat_prompt_ids(tok, p.prompt) for p in problems]
+    specs = [SamplingSpec(max_tokens=max_tokens, temperature=temperature, logprobs=False) for _ in problems]
+    outs = generate_batch(
+        model, prompts, specs, eos_token_ids=[tok.eos_token_id], pad_token_id=tok.pad_token_id, generator=gen
+    )
+    texts = tok.batch_decode([o.token_ids for o in outs], skip_special_tokens=True)
+    return sum(is_correct(t, p.answer) for t, p in zip(texts, problems)) / max(1, len(problems))
+
+
+def _sft_batch(tok, problems, eos: str):
+    import torch
+
+    seqs, labels = [], []
+    for p in problems:
+        prompt = _chat_prompt_ids(tok, p.prompt)
+        resp = tok(p.solution + eos, add_special_tokens=False)["input_ids"]
+        seqs.append(prompt + resp)
+        labels.append([-100] * len(prompt) + resp)
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), tok.pad_token_id, dtype=torch.long)
+    lab = torch.full((len(seqs), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, (s, l) in enumerate(zip(seqs, labels)):
+        ids[i, : len(s)] = torch.tensor(s)
+        lab[i, : len(l)] = torch.tensor(l)
+        mask[i, : len(s)] = 1
+    return ids, mask, lab
+
+
+def sft(model, tok, recipe: Recipe, log=print) -> dict[str, Any]:
+    """Supervised warm-up until held-out sampled accuracy enters the target band.
+
+    Stops at the first evaluation inside ``[target_low, target_high]`` (or above it) and keeps the
+    evaluated checkpoint closest to the band's middle. Returns the accuracy history.
+    """
+    import copy
+
+    import torch
+
+    from reweight.data.synthetic import make_problems
+
+    rng = random.Random(recipe.sft_seed)
+    torch.manual_seed(recipe.sft_seed)
+    train = make_problems(recipe.n_train, recipe.data_seed, recipe.levels)
+    held_out = make_problems(recipe.sft_eval_problems, recipe.val_seed + 1, recipe.levels)
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.sft_lr, weight_decay=0.0)
+    middle = (recipe.target_low + recipe.target_high) / 2
+    history: list[tuple[int, float]] = []
+    best = (math.inf, None, 0.0, 0)  # (distance to middle, state, acc, step)
+    acc = sampled_accuracy(model, tok, held_out, seed=recipe.sft_seed)
+    history.append((0, acc))
+    for step in range(1, recipe.sft_max_steps + 1):
+        model.train()
+        ids, mask, lab = _sft_batch(tok, rng.sample(train, recipe.sft_batch_size), tok.eos_token)
+        loss = model(input_ids=ids, attention_mask=mask, labels=lab).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % recipe.sft_eval_every == 0:
+            acc = sampled_accuracy(model, tok, held_out, seed=recipe.sft_seed + step)
+            history.append((step, acc))
+            log(f"[embedded] sft step {step}: loss {loss.item():.3f}, held-out sampled accuracy {acc:.3f}")
+            dist = abs(acc - middle)
+            if dist < best[0]:
+                best = (dist, copy.deepcopy(model.state_dict()), acc, step)
+            if recipe.target_low <= acc <= recipe.target_high:
+                break
+            if acc > recipe.target_high:
+                break
+    if best[1] is not None:
+        model.load_state_dict(best[1])
+    model.eval()
+    return {"sft_history": history, "sft_accuracy": best[2], "sft_steps": best[3]}
+
+
+# ------------------------------------------------------------------------------------------ build
+
+
+def _placeholder_model():
+    from reweight.tiny import build_model
+
+    return build_model(16, hidden_size=8, num_layers=1, num_heads=1, num_kv_heads=1)
+
+
+def build(out: Path, recipe: Recipe, log=print) -> dict[str, Any]:
+    """Build every asset into ``out`` (a fresh directory); return the metadata written to meta.json."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from reweight.data.synthetic import make_problems
+    from reweight.tiny import build_model, build_tokenizer, save_tiny
+
+    t0 = time.time()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(recipe.sft_threads)
+    try:
+        # Train against the tokenizer exactly as verl will load it (AutoTokenizer from the checkpoint
+        # directory); it can split text differently from the in-memory object build_tokenizer() returns.
+        save_tiny(out / "tokenizer", _placeholder_model(), build_tokenizer())
+        tok = AutoTokenizer.from_pretrained(out / "tokenizer")
+        shutil.rmtree(out / "tokenizer")
+        model = build_model(
+            len(tok),
+            hidden_size=recipe.hidden_size,
+            num_layers=recipe.num_layers,
+            num_heads=recipe.num_heads,
+            num_kv_heads=recipe.num_kv_heads,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            seed=recipe.model_seed,
+        )
+        info = sft(model, tok, recipe, log=log)
+        val = make_problems(recipe.n_val, recipe.val_seed, recipe.levels)
+        info["base_val_accuracy_sampled"] = sampled_accuracy(model, tok, val, seed=7)
+        info["base_val_accuracy_greedy"] = sampled_accuracy(model, tok, val, temperature=0.0)
+        save_tiny(out / "model", model, tok)
+        write_data(out, recipe)
+    finally:
+        torch.set_num_threads(threads)
+    meta = {"recipe": asdict(recipe), "key": recipe.key(), "build_seconds": round(time.time() - t0, 1), **info}
+    (out / "meta.json").write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+def ensure_built(recipe: Recipe | None = None, log=print) -> Path:
+    """The asset directory for ``recipe``, built (once, atomically, under a lock) if missing."""
+    recipe = recipe or Recipe()
+    final = asset_dir(recipe)
+    if (final / "meta.json").exists():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with open(final.parent / f".{final.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (final / "meta.json").exists():  # another process built it while we waited
+            return final
+        tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        log(f"[embedded] building the embedded model and data in {final} (first use; cached afterwards)")
+        try:
+            meta = build(tmp, recipe, log=log)
+            os.replace(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        log(
+            f"[embedded] built in {meta['build_seconds']}s: base held-out accuracy "
+            f"{meta['base_val_accuracy_sampled']:.3f} (sampled, T=1), {meta['base_val_accuracy_greedy']:.3f} (greedy)"
+        )
+    return final
+
+
+def load_meta(recipe: Recipe | None = None) -> dict[str, Any]:
+    return json.loads((asset_dir(recipe) / "meta.json").read_text())
+
+
+def _embedded_keys(cfg) -> list[tuple[str, str]]:
+    """(dotted key, value) of every string in ``cfg`` that starts with ``embedded://``."""
+    from omegaconf import DictConfig, ListConfig
+
+    found: list[tuple[str, str]] = []
+
+    def walk(node, prefix: str):
+        if isinstance(node, DictConfig):
+            for k in node.keys():
+                try:
+                    v = node._get_node(k)._value() if node._get_node(k) is not None else None
+                except Exception:
+                    v = None
+                child = node.get(k) if not isinstance(v, str) else v
+                walk(child, f"{prefix}{k}.")
+        elif isinstance(node, ListConfig):
+            for i in range(len(node)):
+                walk(node[i], f"{prefix}{i}.")
+        elif isinstance(node, str) and node.startswith(SCHEME):
+            found.append((prefix[:-1], node))
+
+    walk(cfg, "")
+    return found
+
+
+def prepare(cfg, recipe: Recipe | None = None, log=print) -> list[str]:
+    """Build the assets if ``cfg`` uses any ``embedded://`` path and substitute the cached paths.
+
+    Returns the keys that were rewritten; raises ``ValueError`` naming the key for an unknown asset.
+    """
+    from omegaconf import OmegaConf, open_dict
+
+    keys = _embedded_keys(cfg)
+    if not keys:
+        return []
+    for key, value in keys:
+        name = value[len(SCHEME) :]
+        if name not in ASSETS:
+            raise ValueError(f"{key}={value!r}: unknown embedded asset {name!r}; known: {', '.join(ASSETS)}")
+    root = ensure_built(recipe, log=log)
+    with open_dict(cfg):
+        for key, value in keys:
+            OmegaConf.update(cfg, key, str(root / value[len(SCHEME) :]), merge=False)
+    return [k for k, _ in keys]
