@@ -153,3 +153,24 @@ def test_slurm_cli_dry_run_and_bad_input(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "trainer.logger" in err and "WANDB_API_KEY" in err and "WANDB_MODE=offline" in err
     assert not script.exists()
+
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "launch" / "slurm_example.sbatch"
+
+
+def render_example() -> str:
+    """What launch/slurm_example.sbatch must contain: the paper's 4 x 8 GPU Qwen2.5-Math-7B setup."""
+    from reweight.launch.slurm import render_sbatch, slurm_training_overrides
+
+    spec = SlurmSpec(nodes=4, gpus_per_node=8, cpus_per_node=64, job_name="qwen25-math-7b-reweight", time_limit="72:00:00",
+                     setup=["source ~/venvs/verl-reweight/bin/activate"])
+    return render_sbatch(spec, slurm_training_overrides(4, 8, []), config_name="qwen25_math_7b_reweight")
+
+
+def test_checked_in_slurm_example_is_what_the_launcher_writes():
+    """launch/slurm_example.sbatch is documentation; it must not drift from the generator. Regenerate it with
+    WANDB_MODE=offline reweight-launch slurm --nodes 4 --gpus-per-node 8 --cpus-per-node 64 \\
+        --job-name qwen25-math-7b-reweight --time 72:00:00 --setup 'source ~/venvs/verl-reweight/bin/activate' \\
+        --config-name qwen25_math_7b_reweight --dry-run --script launch/slurm_example.sbatch"""
+    assert EXAMPLE.read_text() == render_example()
+    assert subprocess.run(["bash", "-n", str(EXAMPLE)]).returncode == 0

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 PROG = "reweight-launch"
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
+LOG_TAIL_LINES = 40
 
 
 def default_address() -> str:
@@ -116,12 +117,10 @@ def cmd_wait_nodes(a: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------ submit
 
 
-def _follow(address: str, submission_id: str, timeout: float | None, logs: bool) -> str:
-    from reweight.launch.submit import job_logs, wait_for_jobs
+def _follow(address: str, submission_id: str, timeout: float | None) -> str:
+    from reweight.launch.submit import follow_job
 
-    status = wait_for_jobs(address, [submission_id], timeout=timeout)[submission_id]
-    if logs:
-        print(job_logs(address, submission_id), end="", flush=True)
+    status = follow_job(address, submission_id, timeout=timeout)
     _say(f"job {submission_id} finished: {status}")
     return status
 
@@ -153,7 +152,7 @@ def cmd_submit(a: argparse.Namespace) -> int:
     _say(f"submitted job {sid} to {a.address} ({job.nnodes} x {job.gpus_per_node} {job.resource}, run {job.project_name}/{job.experiment_name})")
     if not a.wait:
         return 0
-    return 0 if _follow(a.address, sid, a.timeout, logs=True) == "SUCCEEDED" else 1
+    return 0 if _follow(a.address, sid, a.timeout) == "SUCCEEDED" else 1
 
 
 # ------------------------------------------------------------------------------------------------ slurm
@@ -269,6 +268,12 @@ def cmd_sweep(a: argparse.Namespace) -> int:
 
     statuses = wait_for_jobs(a.address, point_job_ids(manifest), timeout=a.timeout)
     failed = {sid: s for sid, s in statuses.items() if s != "SUCCEEDED"}
+    if failed:
+        from reweight.launch.submit import job_logs
+
+        for sid in failed:
+            tail = job_logs(a.address, sid).splitlines()[-LOG_TAIL_LINES:]
+            _say(f"last {len(tail)} log lines of {sid}:\n" + "\n".join(tail))
     _say(f"{len(statuses) - len(failed)}/{len(statuses)} jobs succeeded" + (f"; not: {failed}" if failed else ""))
     return 1 if failed else 0
 
@@ -335,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--validate-only", action="store_true", help="the job runs reweight-train --dry-run (checks only)")
     p.add_argument("--probe-workers", action="store_true", help="the job also checks our loss in a worker on every node")
     p.add_argument("--submission-id")
-    p.add_argument("--wait", action="store_true", help="wait for the job, print its logs, exit 1 unless it succeeded")
+    p.add_argument("--wait", action="store_true", help="wait for the job streaming its logs; exit 1 unless it succeeded")
     p.add_argument("--timeout", type=float, help="seconds to --wait")
     p.add_argument("--dry-run", action="store_true", help="check and print the job, do not submit")
     p.add_argument("overrides", nargs="*", help="after --: reweight-train overrides")

@@ -213,6 +213,31 @@ def job_logs(address: str, submission_id: str) -> str:
     return _client(address).get_job_logs(submission_id)
 
 
+def follow_job(address: str, submission_id: str, *, timeout: float | None = None, out: TextIO = sys.stdout) -> str:
+    """Stream the job's logs to ``out`` until it ends (polling if streaming fails); return its final status."""
+    import asyncio
+
+    client = _client(address)
+
+    async def _stream() -> None:
+        async for chunk in client.tail_job_logs(submission_id):
+            out.write(chunk)
+            out.flush()
+
+    streamed = False
+    try:
+        asyncio.run(asyncio.wait_for(_stream(), timeout))
+        streamed = True
+    except asyncio.TimeoutError:
+        raise SubmitError(f"timed out after {timeout:g}s waiting for job {submission_id}") from None
+    except Exception as e:  # no websocket support, a proxy in the way...: poll instead
+        print(f"[reweight-launch] cannot stream the logs of {submission_id} ({e}); polling", file=out, flush=True)
+    status = wait_for_jobs(address, [submission_id], timeout=timeout if not streamed else 120.0, out=None)[submission_id]
+    if not streamed:
+        out.write(client.get_job_logs(submission_id))
+    return status
+
+
 def wait_for_jobs(
     address: str,
     submission_ids: Sequence[str],
