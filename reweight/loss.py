@@ -86,42 +86,73 @@ def _settings(config: Any) -> tuple[str, float, str]:
 
 
 @torch.no_grad()
-def weight_metrics(
-    prob: torch.Tensor, weights: torch.Tensor, response_mask: torch.Tensor, scheme: str, alpha: float
-) -> dict[str, float]:
-    """Scalar summaries of p and w over the response tokens of one micro-batch (one host sync).
+def reweight_advantages(
+    old_log_prob: torch.Tensor,
+    log_prob: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    scheme: str,
+    alpha: float,
+    prob_source: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ã = w(p)·Â and the statistics behind the metrics, with no host sync (so it can be compiled).
 
-    Keys (prefixed ``actor/reweight/``): ``weight_mean``, ``weight_min``, ``weight_max``,
-    ``prob_mean`` (mean p of sampled tokens), ``low_prob_frac`` (fraction with p < 0.5).
-    A micro-batch with no response token reports weight 1, p 1 and fraction 0.
+    Args: ``(batch, response_len)`` tensors as for the loss; the scheme settings.
 
-    Every scheme is monotone in p, so the extreme weights are the weights of the extreme
-    probabilities; that saves two passes over the ``(batch, response_len)`` tensors, which matters
-    because this runs on every micro-batch.
+    Returns:
+        ``(weighted_advantages, stats)``: Ã in the dtype of ``advantages``, ``(batch, response_len)``,
+        and a float32 ``(6,)`` tensor over response tokens: count, Σp, Σw, min w, max w, #(p < 0.5)
+        (min / max are ±float32-max when there is no response token).
     """
     mask = response_mask.bool()
-    buf = torch.where(mask, prob, 0.0)  # p on response tokens, 0 elsewhere (p >= 0)
-    n_pad = mask.numel() - mask.sum()
-    sums = torch.stack([buf.sum(), buf.amax(), (buf < LOW_PROB_THRESHOLD).sum() - n_pad])
-    p_min = torch.where(mask, prob, buf.new_tensor(2.0), out=buf).amin()  # reuse the buffer: no new allocation
-    w_sum = torch.where(mask, weights.to(buf.dtype), buf.new_tensor(0.0), out=buf).sum()
-    count, p_sum, p_max, n_low, p_min, w_sum = torch.cat([(mask.numel() - n_pad)[None].to(sums), sums,
-                                                          p_min[None], w_sum[None]]).tolist()
+    prob = sampled_token_prob(old_log_prob, log_prob, prob_source)
+    weights = token_weights(prob, scheme, alpha)
+    inf = torch.finfo(torch.float32).max
+    p, w = prob.float(), weights.float()
+    stats = torch.stack(
+        [
+            mask.sum().float(),
+            torch.where(mask, p, 0.0).sum(),
+            torch.where(mask, w, 0.0).sum(),
+            torch.where(mask, w, inf).amin(),
+            torch.where(mask, w, -inf).amax(),
+            (mask & (p < LOW_PROB_THRESHOLD)).sum().float(),
+        ]
+    )
+    return advantages * weights.to(advantages.dtype), stats
+
+
+_compiled_reweight_advantages = None
+
+
+def _fused_reweight_advantages():
+    """:func:`reweight_advantages` compiled into one fused kernel (lazily, once per process)."""
+    global _compiled_reweight_advantages
+    if _compiled_reweight_advantages is None:
+        _compiled_reweight_advantages = torch.compile(reweight_advantages, dynamic=True)
+    return _compiled_reweight_advantages
+
+
+def weight_metrics(stats: torch.Tensor) -> dict[str, float]:
+    """The ``actor/reweight/...`` metrics from :func:`reweight_advantages`' statistics (one host sync).
+
+    ``weight_mean``, ``weight_min``, ``weight_max``, ``prob_mean`` (mean p of sampled tokens) and
+    ``low_prob_frac`` (fraction of sampled tokens with p < 0.5), over the micro-batch's response tokens;
+    verl averages them over micro-batches. A micro-batch with no response token reports weight 1, p 1
+    and fraction 0, so every micro-batch has the same keys.
+    """
+    count, p_sum, w_sum, w_min, w_max, n_low = stats.tolist()
     if count == 0:
-        return {
-            METRIC_PREFIX + "weight_mean": 1.0,
-            METRIC_PREFIX + "weight_min": 1.0,
-            METRIC_PREFIX + "weight_max": 1.0,
-            METRIC_PREFIX + "prob_mean": 1.0,
-            METRIC_PREFIX + "low_prob_frac": 0.0,
-        }
-    w_ends = token_weights(torch.tensor([p_min, p_max], dtype=torch.float64), scheme, alpha).tolist()
+        w_mean = w_min = w_max = p_mean = 1.0
+        low_frac = 0.0
+    else:
+        w_mean, p_mean, low_frac = w_sum / count, p_sum / count, n_low / count
     return {
-        METRIC_PREFIX + "weight_mean": w_sum / count,
-        METRIC_PREFIX + "weight_min": min(w_ends),
-        METRIC_PREFIX + "weight_max": max(w_ends),
-        METRIC_PREFIX + "prob_mean": p_sum / count,
-        METRIC_PREFIX + "low_prob_frac": n_low / count,
+        METRIC_PREFIX + "weight_mean": w_mean,
+        METRIC_PREFIX + "weight_min": w_min,
+        METRIC_PREFIX + "weight_max": w_max,
+        METRIC_PREFIX + "prob_mean": p_mean,
+        METRIC_PREFIX + "low_prob_frac": low_frac,
     }
 
 
@@ -144,6 +175,8 @@ def compute_policy_loss_reweight(
         response_mask: 1/True on response tokens, ``(batch, response_len)``.
         loss_agg_mode: verl's aggregation (``token-mean`` for DAPO).
         config: verl ``ActorConfig`` whose ``policy_loss`` is a :class:`ReweightPolicyLossConfig`.
+            With ``config.use_torch_compile`` (verl's default, also used for its own log-prob kernels)
+            the weighting runs as one compiled kernel; otherwise eagerly. Both compute the same values.
         rollout_is_weights: optional rollout-correction weights, ``(batch, response_len)``.
 
     Returns:
@@ -151,18 +184,18 @@ def compute_policy_loss_reweight(
         ``actor/ppo_kl``, ``actor/pg_clipfrac_lower``) and ours (``actor/reweight/...``).
     """
     scheme, alpha, prob_source = _settings(config)
-    prob = sampled_token_prob(old_log_prob, log_prob, prob_source)
-    weights = token_weights(prob, scheme, alpha)
+    weigh = _fused_reweight_advantages() if config.get("use_torch_compile", False) else reweight_advantages
+    weighted_advantages, stats = weigh(old_log_prob, log_prob, advantages, response_mask, scheme, alpha, prob_source)
     loss, metrics = compute_policy_loss_vanilla(
         old_log_prob=old_log_prob,
         log_prob=log_prob,
-        advantages=advantages * weights.to(advantages.dtype),
+        advantages=weighted_advantages,
         response_mask=response_mask,
         loss_agg_mode=loss_agg_mode,
         config=config,
         rollout_is_weights=rollout_is_weights,
     )
-    metrics.update(weight_metrics(prob, weights, response_mask, scheme, alpha))
+    metrics.update(weight_metrics(stats))
     return loss, metrics
 
 
@@ -173,5 +206,6 @@ __all__ = [
     "ReweightPolicyLossConfig",
     "SCHEMES",
     "compute_policy_loss_reweight",
+    "reweight_advantages",
     "weight_metrics",
 ]

@@ -54,13 +54,12 @@ def token_weights(prob: torch.Tensor, scheme: str, alpha: float) -> torch.Tensor
     """
     if scheme == "none":
         return torch.ones_like(prob)
-    # In-place steps on one fresh tensor: this runs on every micro-batch over (batch, response_len).
     if scheme == "low_prob":
-        return (1 - prob).mul_(alpha).add_(1)  # 1 + α(1 − p)
+        return 1 + alpha * (1 - prob)
     if scheme == "dominate":
-        return prob.mul(alpha).add_(1 - alpha)  # α·p + (1 − α)
+        return alpha * prob + (1 - alpha)
     if scheme == "focal":
-        return (1 - prob).pow_(alpha)  # (1 − p)^α
+        return (1 - prob).pow(alpha)
     raise ValueError(f"scheme={scheme!r} is not a known scheme; choose one of {list(SCHEMES)}")
 
 

@@ -16,8 +16,10 @@ AGG_MODES = ["token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-me
 EPS_LOW, EPS_HIGH, CLIP_C = 0.2, 0.28, 10.0
 
 
-def actor_config(policy_loss=None, loss_agg_mode="token-mean", **global_batch_info) -> FSDPActorConfig:
+def actor_config(policy_loss=None, loss_agg_mode="token-mean", compile=False, **global_batch_info) -> FSDPActorConfig:
+    """A real verl actor config; eager weighting unless ``compile`` (compiling costs seconds per dtype)."""
     cfg = FSDPActorConfig(
+        use_torch_compile=compile,
         strategy="fsdp2",
         rollout_n=1,
         ppo_mini_batch_size=1,
@@ -100,6 +102,26 @@ def test_no_weighting_equals_verl_vanilla_exactly(dtype, with_is_weights, policy
     assert torch.equal(ours[1], theirs[1])
     for key in ("actor/pg_clipfrac", "actor/ppo_kl", "actor/pg_clipfrac_lower"):
         assert ours[2][key] == theirs[2][key]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_weighting_equals_eager(dtype):
+    """verl's default actor.use_torch_compile=True runs the weighting as one compiled kernel: same results."""
+    old, cur, adv, mask = make_batch(batch=5, length=37, dtype=dtype, seed=14)
+    policy_loss = ReweightPolicyLossConfig(alpha=0.2)
+    eager = loss_and_grad(compute_policy_loss_reweight, old, cur, adv, mask, actor_config(policy_loss))
+    fused = loss_and_grad(compute_policy_loss_reweight, old, cur, adv, mask, actor_config(policy_loss, compile=True))
+    tol = dict(rtol=1e-6, atol=1e-7) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-3)
+    assert torch.allclose(fused[0].float(), eager[0].float(), **tol)
+    assert torch.allclose(fused[1].float(), eager[1].float(), **tol)
+    for key, value in eager[2].items():
+        # bf16: inductor computes the weights in fp32, eager in bf16 (resolution 2^-7 near 1)
+        assert fused[2][key] == pytest.approx(value, rel=1e-5 if dtype == torch.float32 else 1e-2), key
+    # alpha = 0 stays verl's loss bit for bit when compiled too
+    zero = ReweightPolicyLossConfig(alpha=0.0)
+    ours = loss_and_grad(compute_policy_loss_reweight, old, cur, adv, mask, actor_config(zero, compile=True))
+    theirs = loss_and_grad(compute_policy_loss_vanilla, old, cur, adv, mask, actor_config(PolicyLossConfig()))
+    assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1])
 
 
 def test_rollout_is_weights_multiply_the_reweighted_loss():
