@@ -21,9 +21,6 @@ from reweight.launch.slurm import SlurmSpec, launch_slurm
 OVERRIDES = ["actor_rollout_ref.model.path=/models/qwen", "actor_rollout_ref.actor.policy_loss.alpha=0.1"]
 OFFLINE = {"WANDB_MODE": "offline"}
 
-RECORDER = """#!/bin/bash
-printf '%s\\n' "$(basename "$0") $*" >> "$CALL_LOG"
-"""
 SRUN = """#!/bin/bash
 # record, then run the step's command (after srun's own options) like srun would, on "node" -w
 printf '%s\\n' "srun $*" >> "$CALL_LOG"
@@ -37,12 +34,26 @@ SLURM_STEP_NODE="$node" "$@"
 RAY = """#!/bin/bash
 printf '%s\\n' "ray@$SLURM_STEP_NODE $*" >> "$CALL_LOG"
 """
+# like the real `wait-nodes`, block until --nodes N nodes have started (here: N `ray start` calls logged)
+LAUNCHER = """#!/bin/bash
+printf '%s\\n' "reweight-launch $*" >> "$CALL_LOG"
+if [[ "$1" == wait-nodes ]]; then
+  want=0
+  while [[ $# -gt 0 ]]; do if [[ "$1" == --nodes ]]; then want="$2"; fi; shift; done
+  for _ in $(seq 600); do
+    (( $(grep -c '^ray@' "$CALL_LOG") >= want )) && exit 0
+    sleep 0.1
+  done
+  echo "stand-in wait-nodes: timed out waiting for $want nodes" >&2
+  exit 1
+fi
+"""
 
 
 def _shims(bin_dir: Path, hostnames: list[str]) -> None:
     bin_dir.mkdir()
     scontrol = "#!/bin/bash\n[[ \"$1 $2\" == 'show hostnames' ]] || exit 3\n" + "".join(f"echo {h}\n" for h in hostnames)
-    for name, text in {"scontrol": scontrol, "srun": SRUN, "ray": RAY, "reweight-launch": RECORDER}.items():
+    for name, text in {"scontrol": scontrol, "srun": SRUN, "ray": RAY, "reweight-launch": LAUNCHER}.items():
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
 
