@@ -7,7 +7,7 @@ CPU-only torch. This module implements the same three pieces for plain transform
   vLLM server: token-in/token-out ``generate`` (returns verl's ``TokenOutput`` with per-token
   log-probs and ``extra_fields["global_steps"]``), ``load_weights`` for the hybrid engine's weight
   sync, and the lifecycle calls (sleep / wake_up / KV-cache / abort / profiling) as no-ops;
-  concurrent requests are batched (see :mod:`reweight.cpu.generation`);
+  requests join one continuously batched decode (see :mod:`reweight.cpu.generation`);
 - :class:`HFReplica`, the ``RolloutReplica`` verl's ``LLMServerManager`` creates per replica; it
   starts one server actor on the node of the replica's first training worker;
 - :class:`HFServerAdapter`, the in-worker ``BaseRollout`` that ``engine_workers.update_weights``
@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 import zlib
 from collections.abc import AsyncIterable, Iterable
@@ -31,13 +32,11 @@ from typing import Any, Optional
 import ray
 import torch
 
-from reweight.cpu.generation import SamplingSpec, generate_batch
+from reweight.cpu.generation import DecodeBatch, SamplingSpec
 
 logger = logging.getLogger("reweight.cpu.rollout")
 
 SERVER_NAME_PREFIX = "hf_"
-# Requests arriving within this window after the first one join its batch.
-BATCH_WINDOW_S = float(os.environ.get("REWEIGHT_HF_BATCH_WINDOW_S", "0.02"))
 
 
 def server_actor_name(replica_rank: int, node_rank: int = 0, suffix: str = "") -> str:
@@ -113,12 +112,21 @@ class HFRolloutServer:
         self.max_num_seqs = int(_get(config, "max_num_seqs", 1024) or 1024)
         self.full_determinism = bool(_get(config, "full_determinism", False))
         self.seed = int(_get(config, "seed", 42))
-        self._queue: list[tuple[list[int], SamplingSpec, Optional[int], asyncio.Future]] = []
-        self._wakeup: Optional[asyncio.Event] = None
-        self._engine_lock: Optional[asyncio.Lock] = None
-        self._loop_task: Optional[asyncio.Task] = None
-        self._paused = False
-        self.stats = {"requests": 0, "batches": 0, "tokens": 0, "weight_updates": 0}
+        self.batch = DecodeBatch(
+            self.model,
+            eos_token_ids=self.eos_token_ids,
+            pad_token_id=self.pad_token_id,
+            generator=self.generator,
+            logprobs_mode=self.logprobs_mode,
+        )
+        # The engine thread owns self.batch; requests reach it through _inbox, under _cond.
+        self._cond = threading.Condition()
+        self._inbox: list[tuple[list[int], SamplingSpec, Optional[int], Any]] = []
+        self._engine_lock = threading.Lock()  # held while decoding; load_weights takes it too
+        self._engine_error: Optional[BaseException] = None
+        self._engine = threading.Thread(target=self._engine_loop, name="hf-rollout-engine", daemon=True)
+        self._engine.start()
+        self.stats = {"requests": 0, "steps": 0, "forwards": 0, "tokens": 0, "weight_updates": 0, "max_batch": 0}
 
     def _eos_ids(self, path: str) -> list[int]:
         ids: list[int] = []
@@ -148,13 +156,7 @@ class HFRolloutServer:
         return {"device": str(self.device), "dtype": str(self.dtype), "threads": torch.get_num_threads()}
 
     async def get_stats(self) -> dict:
-        return dict(self.stats)
-
-    def _ensure_loop(self) -> None:
-        if self._loop_task is None or self._loop_task.done():
-            self._wakeup = asyncio.Event()
-            self._engine_lock = asyncio.Lock()
-            self._loop_task = asyncio.get_running_loop().create_task(self._batch_loop())
+        return dict(self.stats, forwards=self.batch.forwards)
 
     # ------------------------------------------------------------------ generation
     def _spec(self, prompt_len: int, sp: dict) -> SamplingSpec:
@@ -212,11 +214,20 @@ class HFRolloutServer:
         row_seed = (sampling_params or {}).get("seed")
         if row_seed is None and self.full_determinism:
             row_seed = self.seed * 1_000_003 + zlib.crc32(str(request_id).encode())
-        self._ensure_loop()
-        fut = asyncio.get_running_loop().create_future()
-        self._queue.append((prompt_ids, spec, row_seed, fut))
-        self._wakeup.set()
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+
+        def done(result, fut=fut, loop=loop):
+            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(result))
+
+        with self._cond:
+            if self._engine_error is not None:
+                raise RuntimeError(f"hf rollout engine failed: {self._engine_error!r}") from self._engine_error
+            self._inbox.append((prompt_ids, spec, row_seed, done))
+            self._cond.notify()
         result = await fut
+        if isinstance(result, BaseException):
+            raise RuntimeError(f"hf rollout engine failed: {result!r}") from result
         self.stats["requests"] += 1
         return TokenOutput(
             token_ids=result.token_ids,
@@ -226,59 +237,49 @@ class HFRolloutServer:
             extra_fields={"global_steps": self.global_steps, "finish_reason": result.finish_reason},
         )
 
-    async def _batch_loop(self) -> None:
+    def _engine_loop(self) -> None:
+        """Engine thread: admit queued requests into the running batch, decode one token, repeat."""
+        waiting: list = []
         while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            if not self._queue:
-                continue
-            # let the rest of a burst of requests arrive (the agent loop sends a whole batch at once)
-            seen = -1
-            while len(self._queue) != seen and len(self._queue) < self.max_num_seqs:
-                seen = len(self._queue)
-                await asyncio.sleep(BATCH_WINDOW_S)
-            batch, self._queue = self._queue[: self.max_num_seqs], self._queue[self.max_num_seqs :]
-            if self._queue:
-                self._wakeup.set()
-            async with self._engine_lock:
+            with self._cond:
+                while not self._inbox and len(self.batch) == 0:
+                    self._cond.wait()
+                new, self._inbox = self._inbox, []
+            waiting.extend(new)
+            with self._engine_lock:
                 try:
-                    results = await asyncio.to_thread(
-                        self._run_batch, [b[0] for b in batch], [b[1] for b in batch], [b[2] for b in batch]
+                    room = max(0, self.max_num_seqs - len(self.batch))
+                    admit, waiting = waiting[:room], waiting[room:]
+                    for prompt, spec, seed, done in admit:
+                        gen = None
+                        if seed is not None:
+                            gen = torch.Generator(device=self.device).manual_seed(int(seed) % (2**63))
+                        self.batch.add(prompt, spec, generator=gen, on_done=done)
+                    live = self.batch.step()
+                    self.stats["steps"] += 1
+                    self.stats["max_batch"] = max(self.stats["max_batch"], live)
+                except BaseException as e:  # fail every request in flight, keep serving later ones
+                    logger.exception("hf rollout engine step failed")
+                    failed = [r.on_done for r in self.batch._rows + self.batch._new] + [w[3] for w in waiting]
+                    self.batch = DecodeBatch(
+                        self.model,
+                        eos_token_ids=self.eos_token_ids,
+                        pad_token_id=self.pad_token_id,
+                        generator=self.generator,
+                        logprobs_mode=self.logprobs_mode,
                     )
-                except BaseException as e:  # hand the error to every waiting request
-                    for *_, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(e)
-                    continue
-            for (*_, fut), res in zip(batch, results):
-                if not fut.done():
-                    fut.set_result(res)
-
-    def _run_batch(self, prompts: list[list[int]], specs: list[SamplingSpec], seeds: list[Optional[int]]):
-        row_generators = None
-        if any(s is not None for s in seeds):
-            row_generators = [
-                None if s is None else torch.Generator(device=self.device).manual_seed(int(s) % (2**63)) for s in seeds
-            ]
-        results = generate_batch(
-            self.model,
-            prompts,
-            specs,
-            eos_token_ids=self.eos_token_ids,
-            pad_token_id=self.pad_token_id,
-            generator=self.generator,
-            logprobs_mode=self.logprobs_mode,
-            row_generators=row_generators,
-        )
-        self.stats["batches"] += 1
-        self.stats["tokens"] += sum(len(r.token_ids) for r in results)
-        return results
+                    waiting = []
+                    for cb in failed:
+                        if cb is not None:
+                            cb(e)
 
     # ------------------------------------------------------------------ weights
     async def load_weights(self, named_tensors: dict[str, torch.Tensor], global_steps: Optional[int] = None) -> int:
         """Copy a full (HF-named) state dict into the model; every parameter must be present."""
-        self._ensure_loop()
-        async with self._engine_lock:
+        return await asyncio.to_thread(self._load_weights, named_tensors, global_steps)
+
+    def _load_weights(self, named_tensors: dict[str, torch.Tensor], global_steps: Optional[int]) -> int:
+        with self._engine_lock:
             params = dict(self.model.named_parameters())
             unknown = [n for n in named_tensors if n not in params and not (self.tied and n == "lm_head.weight")]
             if unknown:
@@ -319,7 +320,7 @@ class HFRolloutServer:
         return None
 
     async def wait_for_requests_to_drain(self) -> None:
-        while self._queue or (self._engine_lock is not None and self._engine_lock.locked()):
+        while self._inbox or len(self.batch):
             await asyncio.sleep(0.01)
 
     async def abort_all_requests(self, reset_prefix_cache: bool = True, reject_request: bool = False) -> dict:

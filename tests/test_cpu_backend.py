@@ -1,0 +1,335 @@
+"""The CPU backend (reweight.cpu) without Ray: platform, patches, generation engine, rollout server,
+driver checks. The end-to-end runs through verl's trainer are in test_e2e_cpu.py."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+VERL_DIR = os.path.dirname(__import__("verl").__file__)
+
+
+def _run_py(code: str, env: dict | None = None, timeout: int = 120) -> str:
+    full_env = {**os.environ, **(env or {})}
+    for k, v in list(full_env.items()):
+        if v is None:
+            del full_env[k]
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], env=full_env, capture_output=True, text=True, timeout=timeout
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout.strip().splitlines()[-1]
+
+
+# ------------------------------------------------------------------------------ platform selection
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(torch.cuda.is_available(), reason="auto-detection picks the GPU when there is one")
+def test_cpu_platform_is_autodetected_without_accelerator_and_only_with_our_plugin():
+    code = "import verl; from verl.utils.device import get_device_name; print(get_device_name())"
+    env = {k: None for k in ("VERL_PLATFORM",)}
+    assert _run_py(code, env) == "cpu"
+    # without the backend, verl 0.9.1 falls back to 'nvidia' and reports device 'cuda'
+    assert _run_py(code, {**env, "REWEIGHT_CPU_BACKEND": "0"}) == "cuda"
+    assert _run_py(code, {"VERL_PLATFORM": "cpu"}) == "cpu"
+
+
+def test_device_module_answers_every_call_verl_makes_through_get_torch_device():
+    from verl.utils.device import get_torch_device
+
+    if not __import__("reweight.cpu", fromlist=["x"]).is_cpu_platform():
+        pytest.skip("not on the CPU platform")
+    names = set()
+    for root, _, files in os.walk(VERL_DIR):
+        for f in files:
+            if f.endswith(".py"):
+                src = open(os.path.join(root, f), encoding="utf-8").read()
+                names.update(re.findall(r"get_torch_device\(\)\.(\w+)", src))
+    assert len(names) > 15  # the scan found verl's call sites
+    device = get_torch_device()
+    missing = sorted(n for n in names if not hasattr(device, n))
+    assert not missing, f"the CPU device module lacks {missing}"
+    # the FLOPs counter asks for the device name unless the module *is* torch.cpu
+    from verl.utils.flops_counter import get_device_flops
+
+    assert get_device_flops() == get_device_flops(device_name="CPU")
+    assert device.get_rng_state().equal(torch.get_rng_state())
+
+
+# ------------------------------------------------------------------------------ patches
+
+
+def test_every_patch_applies_and_registries_know_the_cpu_pieces():
+    import reweight.cpu as backend
+    from reweight.cpu import patches
+
+    patches.apply_now()
+    assert set(backend.status().values()) == {"applied"}
+    backend.check()
+    from verl.workers.engine.base import EngineRegistry
+    from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
+    from verl.workers.rollout.base import get_rollout_class
+    from verl.workers.rollout.replica import get_rollout_replica_class
+
+    from reweight.cpu.rollout import HFReplica, HFServerAdapter
+
+    assert EngineRegistry._engines["language_model"]["fsdp2"]["cpu"] is FSDPEngineWithLMHead
+    assert "cpu" not in EngineRegistry._engines["language_model"]["fsdp"]  # FSDP1 stays GPU-only
+    assert get_rollout_replica_class("hf") is HFReplica
+    assert get_rollout_class("hf", "async") is HFServerAdapter
+
+
+def test_version_check_refuses_another_verl(monkeypatch):
+    import verl
+
+    from reweight.cpu import patches
+
+    monkeypatch.setattr(verl, "__version__", "0.9.2")
+    with pytest.raises(patches.VerlVersionError, match="written for verl 0.9.1; found verl 0.9.2"):
+        patches.check_version()
+
+
+def test_a_patch_whose_verl_internal_vanished_fails_loudly():
+    import types
+
+    from reweight.cpu import patches
+
+    fake = types.ModuleType("verl.fake")
+    patch = patches.Patch("demo", "verl.fake", ("gone",), lambda m: None, "demo")
+    with pytest.raises(patches.PatchError, match="needs gone in verl.fake"):
+        patches._run(patch, fake)
+    patches._errors.pop("demo", None)
+
+
+@pytest.mark.timeout(180)
+def test_process_group_backend_is_plain_gloo_on_cpu():
+    code = """
+    import os
+    os.environ.update(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="29617")
+    import verl, torch.distributed as dist
+    from verl.utils.distributed import initialize_global_process_group_ray
+    initialize_global_process_group_ray(timeout_second=None)   # verl would build "cpu:gloo,cpu:gloo"
+    t = __import__("torch").ones(1); dist.all_reduce(t, op=dist.ReduceOp.AVG)
+    print(dist.get_backend(), float(t))
+    """
+    assert _run_py(code, {"VERL_PLATFORM": "cpu"}) == "gloo 1.0"
+
+
+# ------------------------------------------------------------------------------ generation engine
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_tokenizer):
+    from reweight.tiny import build_model
+
+    tok = tiny_tokenizer
+    return tok, build_model(len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, seed=3)
+
+
+def _teacher_forced_logprobs(model, prompt, tokens, temperature=1.0):
+    ids = torch.tensor([list(prompt) + list(tokens)])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float()
+    return torch.log_softmax(logits / temperature, -1).gather(-1, torch.tensor(tokens)[:, None]).squeeze(-1)
+
+
+def test_rollout_logprobs_equal_the_teacher_forced_logprobs_while_requests_join_and_leave(lm):
+    from reweight.cpu.generation import DecodeBatch, SamplingSpec
+
+    tok, model = lm
+    batch = DecodeBatch(model, eos_token_ids=[tok.eos_token_id], pad_token_id=tok.pad_token_id,
+                        generator=torch.Generator().manual_seed(0))
+    texts = ["Compute 1+2.", "a much longer prompt than the others, with more tokens", "x", "Compute 12*7+3."]
+    temps = [1.0, 0.7, 1.3, 1.0]
+    budgets = [9, 6, 14, 4]
+    results = []
+    for i, (text, temp, budget) in enumerate(zip(texts, temps, budgets)):
+        prompt = tok(text)["input_ids"]
+        results.append((prompt, temp, batch.add(prompt, SamplingSpec(max_tokens=budget, temperature=temp))))
+        for _ in range(i + 1):  # later requests join a batch that is already decoding
+            batch.step()
+    while batch.step():
+        pass
+    for (prompt, temp, res), budget in zip(results, budgets):
+        assert 1 <= len(res.token_ids) <= budget
+        assert res.finish_reason == ("stop" if res.token_ids[-1] == tok.eos_token_id else "length")
+        ref = _teacher_forced_logprobs(model, prompt, res.token_ids, temp)
+        assert torch.allclose(torch.tensor(res.log_probs), ref, atol=1e-4), (res.log_probs, ref)
+
+
+def test_greedy_rows_do_not_depend_on_batch_company(lm):
+    from reweight.cpu.generation import SamplingSpec, generate_batch
+
+    tok, model = lm
+    prompts = [tok(t)["input_ids"] for t in ["Compute 5+5.", "the answer is", "Compute 11*11. Put the final"]]
+    kw = dict(eos_token_ids=[tok.eos_token_id], pad_token_id=tok.pad_token_id)
+    together = generate_batch(model, prompts, [SamplingSpec(max_tokens=8, temperature=0)] * 3, **kw)
+    for p, res in zip(prompts, together):
+        alone = generate_batch(model, [p], [SamplingSpec(max_tokens=8, temperature=0)], **kw)[0]
+        assert alone.token_ids == res.token_ids
+        # greedy = argmax of the teacher-forced logits at every position
+        ids = torch.tensor([list(p) + res.token_ids])
+        with torch.no_grad():
+            argmax = model(input_ids=ids).logits[0, len(p) - 1 : -1].argmax(-1).tolist()
+        assert argmax == res.token_ids
+
+
+def test_row_generators_make_samples_independent_of_batching(lm):
+    from reweight.cpu.generation import SamplingSpec, generate_batch
+
+    tok, model = lm
+    prompts = [tok(t)["input_ids"] for t in ["Compute 2+2.", "hello", "Compute 9*3."]]
+    kw = dict(eos_token_ids=[tok.eos_token_id], pad_token_id=tok.pad_token_id)
+    spec = SamplingSpec(max_tokens=10, temperature=1.0)
+    gens = [torch.Generator().manual_seed(100 + i) for i in range(3)]
+    together = generate_batch(model, prompts, [spec] * 3, row_generators=gens, **kw)
+    alone = generate_batch(model, prompts[1:2], [spec], row_generators=[torch.Generator().manual_seed(101)], **kw)[0]
+    assert alone.token_ids == together[1].token_ids
+
+
+def test_top_k_top_p_filter_matches_closed_form():
+    from reweight.cpu.generation import filter_logits
+
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    logits = probs.log()
+    kept = lambda out: torch.isfinite(out)[0].tolist()  # noqa: E731
+    assert kept(filter_logits(logits, torch.tensor([2]), torch.tensor([1.0]))) == [True, True, False, False]
+    # top-p 0.7: 0.5 < 0.7, 0.5+0.3 >= 0.7 -> the first two
+    assert kept(filter_logits(logits, torch.tensor([-1]), torch.tensor([0.7]))) == [True, True, False, False]
+    assert kept(filter_logits(logits, torch.tensor([-1]), torch.tensor([0.5]))) == [True, False, False, False]
+    assert kept(filter_logits(logits, torch.tensor([-1]), torch.tensor([1.0]))) == [True] * 4
+    # the processed distribution is the renormalised kept mass
+    out = torch.softmax(filter_logits(logits, torch.tensor([-1]), torch.tensor([0.9])), -1)
+    assert torch.allclose(out, torch.tensor([[0.5, 0.3, 0.15, 0.0]]) / 0.95)
+
+
+# ------------------------------------------------------------------------------ rollout server
+
+
+def _server_methods_verl_calls() -> set[str]:
+    """Every method verl's replica / trainer / agent-loop code calls on a rollout server actor."""
+    names = set()
+    for rel in ("workers/rollout/replica.py", "workers/rollout/llm_server.py", "checkpoint_engine/base.py"):
+        src = open(os.path.join(VERL_DIR, rel), encoding="utf-8").read()
+        names.update(re.findall(r"server\.(\w+)\.remote\(", src))
+    return names
+
+
+def test_rollout_server_has_every_method_verl_calls_on_a_server():
+    from reweight.cpu.rollout import HFReplica, HFRolloutServer
+
+    called = _server_methods_verl_calls()
+    assert {"generate", "sleep", "wake_up"} <= called  # the scan found verl's call sites
+    missing = sorted(n for n in called if not inspect.iscoroutinefunction(getattr(HFRolloutServer, n, None)))
+    assert not missing, f"HFRolloutServer lacks (async) {missing}"
+    assert not getattr(HFReplica, "__abstractmethods__", None)
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tiny_tokenizer, tmp_path_factory):
+    from reweight.tiny import build_model, save_tiny
+
+    tok = tiny_tokenizer
+    model = build_model(len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, seed=5)
+    return str(save_tiny(tmp_path_factory.mktemp("srv") / "model", model, tok))
+
+
+def test_rollout_server_generates_token_outputs_and_takes_weight_updates(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from reweight.cpu.rollout import HFRolloutServer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    cfg = {"prompt_length": 32, "response_length": 12, "seed": 1, "logprobs_mode": "processed_logprobs"}
+    server = HFRolloutServer(cfg, {"local_path": tiny_model_dir}, num_threads=1)
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    prompts = [tok(f"Compute {i}+{i}.")["input_ids"] for i in range(12)]
+
+    async def scenario():
+        async def one(i, p):
+            await asyncio.sleep(0.003 * i)  # a trickle, as verl's agent loop sends them
+            return await server.generate(p, {"temperature": 1.0, "logprobs": True}, f"req-{i}")
+
+        outs = await asyncio.gather(*[one(i, p) for i, p in enumerate(prompts)])
+        zeros = {n: torch.zeros_like(p) for n, p in reference.named_parameters()}
+        n = await server.load_weights(zeros, global_steps=7)
+        after = await server.generate(prompts[0], {"temperature": 1.0, "logprobs": True}, "after")
+        with pytest.raises(KeyError, match="lacks parameters"):
+            await server.load_weights({"model.norm.weight": zeros["model.norm.weight"]})
+        return outs, n, after, await server.get_stats()
+
+    outs, n, after, stats = asyncio.run(scenario())
+    assert stats["max_batch"] > 1  # requests were batched together
+    for p, out in zip(prompts, outs):
+        assert 1 <= len(out.token_ids) <= 12 and len(out.log_probs) == len(out.token_ids)
+        ref = _teacher_forced_logprobs(reference, p, out.token_ids)
+        assert torch.allclose(torch.tensor(out.log_probs), ref, atol=1e-4)
+    assert n == len(list(reference.named_parameters()))
+    # all-zero weights: uniform next-token distribution over the vocabulary
+    assert after.extra_fields["global_steps"] == 7
+    assert torch.allclose(torch.tensor(after.log_probs), torch.full((len(after.log_probs),), -torch.log(torch.tensor(float(reference.config.vocab_size)))), atol=1e-5)
+
+
+# ------------------------------------------------------------------------------ driver checks
+
+
+def _embedded_cfg(*overrides):
+    from reweight.train import compose_config
+
+    return compose_config("embedded", list(overrides))
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("actor_rollout_ref.actor.strategy=fsdp", "actor_rollout_ref.actor.strategy='fsdp'"),
+        ("actor_rollout_ref.rollout.name=vllm", "actor_rollout_ref.rollout.name='vllm'"),
+        ("actor_rollout_ref.rollout.name=sglang", "actor_rollout_ref.rollout.name='sglang'"),
+        ("trainer.n_gpus_per_node=4096", "trainer.n_gpus_per_node=4096"),
+        ("trainer.nnodes=2", "trainer.nnodes=2"),
+        ("ray_kwargs.ray_init.num_cpus=2", "ray_kwargs.ray_init.num_cpus=2"),
+        ("actor_rollout_ref.actor.use_kl_loss=true", "use_kl_loss"),
+    ],
+)
+def test_cpu_platform_refuses_what_it_cannot_run_before_ray_starts(override, key, monkeypatch):
+    import ray
+
+    import reweight.embedded
+    from reweight.cpu.resources import CPUConfigError, check_cpu_config
+    from reweight.train import prepare
+
+    if not __import__("reweight.cpu", fromlist=["x"]).is_cpu_platform():
+        pytest.skip("not on the CPU platform")
+    monkeypatch.setattr(reweight.embedded, "prepare", lambda cfg, **kw: [])  # no model build needed here
+    cfg = _embedded_cfg(override)
+    with pytest.raises(CPUConfigError) as err:
+        prepare(cfg)
+    assert key in str(err.value)
+    assert not ray.is_initialized()
+    check_cpu_config(_embedded_cfg())  # the embedded default itself passes
+
+
+def test_cpu_defaults_size_ray_and_transfer_queue_for_the_machine():
+    from reweight.cpu.resources import apply_cpu_defaults, required_logical_cpus
+
+    cfg = _embedded_cfg("transfer_queue.backend.SimpleStorage.num_data_storage_units=null")
+    changed = apply_cpu_defaults(cfg)
+    assert cfg.trainer.device == "cpu"
+    assert cfg.ray_kwargs.ray_init.num_gpus == 2  # one logical GPU per training rank
+    # every actor must find a CPU slot: 3 per rank (verl's bundles) + storage unit + agent + reward + helpers
+    assert cfg.ray_kwargs.ray_init.num_cpus == required_logical_cpus(cfg) >= 3 * 2 + 1 + 1 + 1
+    assert cfg.transfer_queue.backend.SimpleStorage.num_data_storage_units == 1
+    assert "ray_kwargs.ray_init.num_cpus" in changed
+    # what a user set is kept
+    cfg = _embedded_cfg("ray_kwargs.ray_init.num_cpus=64")
+    apply_cpu_defaults(cfg)
+    assert cfg.ray_kwargs.ray_init.num_cpus == 64
