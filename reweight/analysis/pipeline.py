@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from reweight.analysis.data import digest_items, generation_items, read_table, response_items
-from reweight.analysis.io import write_json
 from reweight.analysis.metrics import METRIC_NAMES
 from reweight.analysis.models import check_model_vocab, check_same_tokenizer, load_tokenizer
 from reweight.analysis.report import (
@@ -32,8 +31,14 @@ from reweight.analysis.report import (
     top_tokens,
 )
 from reweight.analysis.shards import ShardSettings, run_shards, split_into_shards
+from reweight.io import write_json_atomic
 
 MANIFEST_VERSION = 1
+
+
+def _write_json(path: str | Path, obj: object) -> Path:
+    """Indented JSON, NaN / inf refused (``finite_or_none`` first), written atomically."""
+    return write_json_atomic(path, obj, indent=2, allow_nan=False)
 
 
 @dataclass
@@ -119,7 +124,7 @@ def _prepare_out_dir(cfg: AnalysisConfig, manifest: dict) -> Path:
                 f"{str(out)!r} holds a different analysis job (differs in {differ}); "
                 "use another output directory or --overwrite to start afresh"
             )
-    write_json(path, manifest)
+    _write_json(path, manifest)
     return out
 
 
@@ -181,9 +186,9 @@ def run_analysis(cfg: AnalysisConfig) -> dict:
     tokens, samples = pq.read_table(out / "tokens.parquet"), pq.read_table(out / "samples.parquet")
     summary = summarize(tokens, samples, metrics=METRIC_NAMES, thresholds=cfg.thresholds)
     summary["figure"] = save_histograms(tokens, cfg.hist_metrics, out / "histograms.png")
-    write_json(out / "top_tokens.json", finite_or_none(top_tokens(tokens, cfg.top_k, cfg.context)))
+    _write_json(out / "top_tokens.json", finite_or_none(top_tokens(tokens, cfg.top_k, cfg.context)))
     summary["config"] = {k: v for k, v in asdict(cfg).items() if k != "progress"}
     summary["shards"] = {"total": len(shards), "run_now": ran}
     summary = finite_or_none(summary)
-    write_json(out / "summary.json", summary)
+    _write_json(out / "summary.json", summary)
     return summary

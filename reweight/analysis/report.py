@@ -16,8 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from reweight.analysis.io import write_atomic
 from reweight.analysis.shards import SAMPLE_SCHEMA, TOKEN_SCHEMA, shard_paths
+from reweight.io import atomic_write, save_figure_atomic
 
 HIST_METRICS = ("delta_logp", "entropy_base", "entropy_rl", "kl_rl_base", "kl_base_rl")
 METRIC_LABELS = {
@@ -43,7 +43,7 @@ def merge_shards(shard_dir: str | Path, n_shards: int, tokens_path: str | Path, 
                 for i in range(n_shards):
                     writer.write_table(pq.read_table(shard_paths(shard_dir, i)[which], schema=schema))
 
-        write_atomic(path, write)
+        atomic_write(path, write)
 
     concat(0, SAMPLE_SCHEMA, samples_path)
     concat(1, TOKEN_SCHEMA, tokens_path)
@@ -158,7 +158,7 @@ def save_histograms(tokens: pa.Table, metrics: Sequence[str], path: str | Path) 
     fig = histogram_figure(values, metrics)
     n_axes = len(fig.axes)
     try:
-        write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, metadata={"panels": json.dumps(list(metrics))}))
+        save_figure_atomic(fig, path, format="png", dpi=110, metadata={"panels": json.dumps(list(metrics))})
     finally:
         plt.close(fig)
     return {"path": str(path), "panels": list(metrics), "n_axes": n_axes, "sources": list(values)}

@@ -17,9 +17,9 @@ import pyarrow as pa
 import torch
 
 from reweight.analysis.data import WorkItem
-from reweight.analysis.io import write_parquet
 from reweight.analysis.metrics import METRIC_NAMES, check_head_path, token_metrics
 from reweight.analysis.models import load_model, load_tokenizer, pick_device, pick_dtype
+from reweight.io import write_parquet_atomic
 
 TOKEN_SCHEMA = pa.schema(
     [
@@ -208,9 +208,9 @@ class ShardWorker:
         items = self.complete_responses(shard_index, items)
         results = self.score(items, on_batch)
         samples_path, tokens_path = shard_paths(shard_dir, shard_index)
-        write_parquet(samples_path, self._samples_table(shard_index, items))
+        write_parquet_atomic(samples_path, self._samples_table(shard_index, items))
         table = self._tokens_table(items, results)
-        write_parquet(tokens_path, table)
+        write_parquet_atomic(tokens_path, table)
         return table.num_rows
 
     def _samples_table(self, shard_index: int, items: Sequence[WorkItem]) -> pa.Table:

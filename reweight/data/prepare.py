@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from reweight.io import write_parquet_atomic
+
 DEFAULT_OUT_DIR = "~/data/verl-reweight"
 
 DAPO_INSTRUCTION = (
@@ -151,14 +153,6 @@ def read_hub(source: Source) -> list[dict]:
     return list(ds)
 
 
-def write_parquet_atomic(rows: Sequence[dict], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pd.DataFrame(list(rows)).to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-    return path
-
-
 def prepare(
     names: Sequence[str],
     out_dir: str | os.PathLike = DEFAULT_OUT_DIR,
@@ -182,7 +176,7 @@ def prepare(
         else:
             records, where = read_hub(source), f"hub:{source.hub_id}"
         rows = to_verl_rows(records, source, where, (repeat or {}).get(name))
-        written[name] = write_parquet_atomic(rows, out / f"{name}.parquet")
+        written[name] = write_parquet_atomic(out / f"{name}.parquet", pd.DataFrame(list(rows)))
         print(f"[reweight-prepare-data] {name}: {len(rows)} rows -> {written[name]}")
     return written
 

@@ -164,7 +164,8 @@ def _check_common(args) -> None:
 
 
 def cmd_generate(args) -> int:
-    from reweight.decoding.sweep import atomic_write_text, sequence_seed
+    from reweight.decoding.sweep import sequence_seed
+    from reweight.io import write_text_atomic
 
     _check_common(args)
     config = DecodeConfig(criterion=args.criterion, tau=args.tau, mode=args.mode, gamma=args.gamma,
@@ -189,7 +190,7 @@ def cmd_generate(args) -> int:
                 records.append(dict(prompt_index=i, sample_index=j, ground_truth=gt, correct=correct, **r.to_dict()))
             bar.update(len(chunk))
     out = Path(args.out)
-    atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in records))
+    write_text_atomic(out, "".join(json.dumps(r) + "\n" for r in records))
     generated = sum(r["n_generated"] for r in records)
     replaced = sum(r["n_replaced"] for r in records)
     summary = dict(config=config.to_dict(), sequences=len(records),

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any, Callable, Sequence
 
 from reweight.decoding.data import EvalPrompt
 from reweight.decoding.decoder import DecodeConfig, SequenceResult, TwoModelDecoder
+from reweight.io import save_figure_atomic, write_text_atomic
 
 #: Default τ grids (flag when Δlog p ≤ τ; entropy / KL ≥ τ; u < τ), coarse enough for a first look.
 DEFAULT_GRIDS: dict[str, tuple[float, ...]] = {
@@ -123,14 +123,6 @@ def dataset_fingerprint(prompts: Sequence[Sequence[int]], ground_truths: Sequenc
     for p, g in zip(prompts, ground_truths):
         h.update(json.dumps([list(p), g]).encode())
     return h.hexdigest()[:16]
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same directory and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def summarize_point(
@@ -243,8 +235,8 @@ def run_sweep(
             json.dumps(dict(prompt_index=i, sample_index=j, correct=c, **r.to_dict()))
             for r, c, (i, j) in zip(results, correct, order)
         ]
-        atomic_write_text(points_dir / f"{point.key}.samples.jsonl", "\n".join(records) + "\n")
-        atomic_write_text(
+        write_text_atomic(points_dir / f"{point.key}.samples.jsonl", "\n".join(records) + "\n")
+        write_text_atomic(
             points_dir / f"{point.key}.json",
             json.dumps(dict(identity=identity, config=config.to_dict(), summary=summary), indent=1),
         )
@@ -275,8 +267,8 @@ def write_table(rows: Sequence[dict[str, Any]], out_dir: str | Path) -> None:
     writer = csv.DictWriter(buf, fieldnames=TABLE_COLUMNS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_text(out_dir / "results.csv", buf.getvalue())
-    atomic_write_text(out_dir / "results.json", json.dumps(list(rows), indent=1))
+    write_text_atomic(out_dir / "results.csv", buf.getvalue())
+    write_text_atomic(out_dir / "results.json", json.dumps(list(rows), indent=1))
 
 
 def _find(rows: Sequence[dict[str, Any]], point: GridPoint) -> dict[str, Any] | None:
@@ -314,7 +306,7 @@ def plot_fig1c(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _save_fig(fig, Path(path))
+    save_figure_atomic(fig, path, dpi=130)
     plt.close(fig)
 
 
@@ -348,18 +340,11 @@ def plot_fig4(rows: Sequence[dict[str, Any]], spec: SweepSpec, path: str | Path)
     ax.set_ylabel("accuracy (avg@n, %)")
     ax.set_title("Test-time extrapolation")
     fig.tight_layout()
-    _save_fig(fig, Path(path))
+    save_figure_atomic(fig, path, dpi=130)
     plt.close(fig)
 
 
-def _save_fig(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=130)
-    os.replace(tmp, path)
-
-
 __all__ = [
-    "BASE_POINT", "DEFAULT_GRIDS", "RL_POINT", "GridPoint", "SweepSpec", "atomic_write_text", "dataset_fingerprint",
+    "BASE_POINT", "DEFAULT_GRIDS", "RL_POINT", "GridPoint", "SweepSpec", "dataset_fingerprint",
     "plot_fig1c", "plot_fig4", "run_sweep", "sequence_seed", "summarize_point", "write_table",
 ]

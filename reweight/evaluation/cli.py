@@ -28,10 +28,10 @@ from reweight.evaluation.records import (
     AppendLog,
     EvalInputError,
     ResultsWriter,
-    atomic_write_text,
     load_problems,
     read_results,
 )
+from reweight.io import write_text_atomic
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -231,7 +231,7 @@ def cmd_support(args: argparse.Namespace) -> int:
         "base": args.base_model, "rl": args.rl_model, "k": k, "zeta": args.zeta, "epsilon": eps,
         "aggregate": aggregate_support(rows), "problems": [asdict(r) for r in rows],
     }
-    atomic_write_text(args.out, dumps_json(out))
+    write_text_atomic(args.out, dumps_json(out))
     agg = out["aggregate"]["average"]
     print(
         f"support over {len(rows)} problems (eps={eps:.4g}): P={agg['preservation']} S={agg['shrinkage']} "

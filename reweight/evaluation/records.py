@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from reweight.io import write_text_atomic
+
 DEFAULT_PROMPT_KEY = "prompt"
 DEFAULT_ANSWER_KEY = "reward_model.ground_truth"
 DEFAULT_DATA_SOURCE_KEY = "data_source"
@@ -225,24 +227,12 @@ def _fsync_append(path: Path, text: str) -> None:
         os.fsync(f.fileno())
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace`` (no torn files)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _cut_torn_tail(path: Path) -> None:
     """Drop a last line without its newline (a write interrupted mid-way), atomically."""
     data = path.read_bytes()
     if data and not data.endswith(b"\n"):
         keep = data[: data.rfind(b"\n") + 1]
-        atomic_write_text(path, keep.decode("utf-8"))
+        write_text_atomic(path, keep.decode("utf-8"))
 
 
 def read_results(path: str | os.PathLike) -> tuple[dict[str, Any], list[ProblemResult]]:
@@ -285,7 +275,7 @@ class AppendLog:
                     )
             self.records = records
         else:
-            atomic_write_text(self.path, json.dumps({"meta": meta}) + "\n")
+            write_text_atomic(self.path, json.dumps({"meta": meta}) + "\n")
 
     def append(self, record: dict[str, Any]) -> None:
         _fsync_append(self.path, json.dumps(record) + "\n")
@@ -340,7 +330,7 @@ class ResultsWriter:
 def write_results(path: str | os.PathLike, meta: dict[str, Any], results: Iterable[ProblemResult]) -> None:
     """Write a whole results file atomically."""
     lines = [json.dumps({"meta": meta})] + [json.dumps(asdict(r)) for r in results]
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def iter_batches(items: Sequence[Any], size: int) -> Iterator[tuple[int, Sequence[Any]]]:

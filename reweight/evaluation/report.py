@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from reweight.evaluation.metrics import macro_mean, pass_at_k_array, summarise
-from reweight.evaluation.records import EvalInputError, ProblemResult, atomic_write_text
+from reweight.evaluation.records import EvalInputError, ProblemResult
+from reweight.io import save_figure_atomic, write_text_atomic
 
 
 def group_counts(results: Sequence[ProblemResult]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -181,12 +182,10 @@ def plot_pass_curves(report: Mapping[str, Any], path: str | os.PathLike) -> Path
         ax.grid(alpha=0.3)
     axes[0][0].legend()
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        return save_figure_atomic(fig, path, dpi=120)
+    finally:
+        plt.close(fig)
 
 
 def _json_safe(obj: Any) -> Any:
@@ -211,8 +210,8 @@ def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike, plot: bo
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": out / "report.md", "json": out / "report.json"}
-    atomic_write_text(paths["json"], dumps_json(report))
-    atomic_write_text(paths["markdown"], render_markdown(report))
+    write_text_atomic(paths["json"], dumps_json(report))
+    write_text_atomic(paths["markdown"], render_markdown(report))
     if plot:
         paths["plot"] = plot_pass_curves(report, out / "pass_at_k.png")
     return paths
