@@ -279,13 +279,13 @@ def cmd_sweep(a: argparse.Namespace) -> int:
 
 
 def cmd_summary(a: argparse.Namespace) -> int:
-    from reweight.launch.atomic import atomic_write_text
+    from reweight.io import write_text_atomic
     from reweight.launch.summary import summarize, to_csv, to_markdown
 
     columns, rows = summarize(a.manifest, address=a.address, source=a.source, wandb_dir=a.wandb_dir, metrics=a.metric or None)
     text = (to_csv if a.format == "csv" else to_markdown)(columns, rows)
     if a.output:
-        atomic_write_text(a.output, text)
+        write_text_atomic(a.output, text)
         _say(f"wrote {a.output}")
     else:
         print(text, end="")

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reweight.launch.atomic import atomic_write_text
+from reweight.io import write_text_atomic
 from reweight.launch.cluster import AUTH_MODES, DEFAULT_DASHBOARD_PORT, DEFAULT_GCS_PORT, head_start_command, worker_start_command
 from reweight.launch.overrides import explicit_value
 
@@ -235,7 +235,7 @@ reweight-launch wait-nodes --address "$DASHBOARD_URL" --nodes "$NNODES" --gpus-p
 
 def write_sbatch(text: str, path: str | Path) -> Path:
     """Write the script atomically, executable."""
-    return atomic_write_text(path, text, mode=0o755)
+    return write_text_atomic(path, text, mode=0o755)
 
 
 def default_script_path(script_dir: str | Path, job_name: str) -> Path:

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from reweight.launch.atomic import atomic_write_text
+from reweight.io import write_text_atomic
 from reweight.launch.overrides import expand_sweep, short_names
 from reweight.launch.wandb_env import clip_tag, wandb_mode
 
@@ -109,7 +109,7 @@ def manifest_path(out_dir: str | os.PathLike, name: str) -> Path:
 
 
 def write_manifest(path: str | os.PathLike, manifest: Mapping[str, Any]) -> None:
-    atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    write_text_atomic(path, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
