@@ -57,8 +57,23 @@ def require_plugin_in_workers(cfg: DictConfig) -> None:
         cfg.ray_kwargs.ray_init.runtime_env.env_vars["VERL_USE_EXTERNAL_MODULES"] = ",".join(modules)
 
 
-def prepare(cfg: DictConfig) -> None:
-    """Check the config and prepare the driver; raises before Ray starts on bad input."""
+def targets_cpu(cfg: DictConfig) -> bool:
+    """Whether the config is meant for verl's CPU platform (explicitly, or by its CPU-only HF rollout)."""
+    import os
+
+    return (
+        os.environ.get("VERL_PLATFORM", "").lower() == "cpu"
+        or OmegaConf.select(cfg, "trainer.device") == "cpu"
+        or OmegaConf.select(cfg, "actor_rollout_ref.rollout.name") == "hf"
+    )
+
+
+def prepare(cfg: DictConfig, dry_run: bool = False) -> None:
+    """Check the config and prepare the driver; raises before Ray starts on bad input.
+
+    A dry run validates a config for the platform it targets: a GPU config checked on a laptop is not
+    held to the CPU backend's rules, which apply when the run itself would use the CPU platform.
+    """
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
     from verl.utils.device import auto_set_device
@@ -66,6 +81,16 @@ def prepare(cfg: DictConfig) -> None:
     from reweight.checks import check_config
 
     check_config(cfg)
+    if not cfg.trainer.use_v1:
+        raise ValueError("trainer.use_v1=False selects verl's deprecated V0 trainer, which verl-reweight does not support")
+    if not dry_run:  # W&B without an account would fail only after Ray, the models and the first step
+        import os
+
+        from reweight.launch.wandb_env import check_wandb_credentials
+
+        note = check_wandb_credentials(cfg.trainer.get("logger"), os.environ)
+        if note:
+            print(f"[reweight-train] {note}")
     require_plugin_in_workers(cfg)
     # HOOK: driver-side preparation that must happen before verl validates the config and Ray starts
     # (e.g. building the embedded default's data and model, CPU-backend checks) goes here.
@@ -73,22 +98,21 @@ def prepare(cfg: DictConfig) -> None:
     from reweight.embedded import prepare as prepare_embedded
 
     prepare_embedded(cfg)  # builds/caches the embedded:// model and data on first use
-    prepare_cpu_backend(cfg)  # CPU platform only: refuses what cannot run, sizes Ray / TransferQueue
+    if not dry_run or targets_cpu(cfg):
+        prepare_cpu_backend(cfg)  # CPU platform only: refuses what cannot run, sizes Ray / TransferQueue
     auto_set_device(cfg)
     validate_config(config=cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
 
 
 def run(cfg: DictConfig, dry_run: bool = False) -> None:
     """Prepare, then train with verl's ``run_ppo`` (or print the resolved config if ``dry_run``)."""
-    prepare(cfg)
+    prepare(cfg, dry_run=dry_run)
     if dry_run:
         print(OmegaConf.to_yaml(cfg, resolve=True))
         print(f"[reweight-train] dry run: config checked and validated; not starting Ray ({DRY_RUN_FLAG}).")
         return
     from verl.trainer.main_ppo import TaskRunnerV1, run_ppo
 
-    if not cfg.trainer.use_v1:
-        raise ValueError("trainer.use_v1=False selects verl's deprecated V0 trainer, which verl-reweight does not support")
     run_ppo(cfg, task_runner_class=TaskRunnerV1)
 
 

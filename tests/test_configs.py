@@ -88,7 +88,7 @@ def test_overrides_reach_our_config_class():
 def test_bad_input_refused_before_ray_naming_the_key(overrides, match):
     cfg = compose_config("dapo_reweight", MODEL + overrides)
     with pytest.raises(ConfigError, match=match):
-        prepare(cfg)
+        prepare(cfg, dry_run=True)
 
 
 def test_reweight_loss_mode_without_our_target_refused():
@@ -176,10 +176,27 @@ def test_workers_import_the_plugin_even_without_entry_point_discovery(local_ray)
     """prepare() routes our plugin through VERL_USE_EXTERNAL_MODULES in the job's runtime_env, which verl
     imports unguarded in every worker: here entry-point discovery is off and the loss is still registered."""
     cfg = compose_config("dapo_reweight", MODEL)
-    prepare(cfg)
+    prepare(cfg, dry_run=True)
     env_vars = dict(OmegaConf.to_container(cfg.ray_kwargs.ray_init.runtime_env.env_vars))
     assert env_vars["VERL_USE_EXTERNAL_MODULES"] == "reweight.plugin"
     env_vars["VERL_USE_EXTERNAL_PLUGINS"] = "none"
     task = _registered_losses_task(local_ray).options(runtime_env={"env_vars": env_vars})
     _, plugins_policy, names = local_ray.get(task.remote(), timeout=600)
     assert plugins_policy == "none" and "reweight" in names
+
+
+def test_wandb_without_credentials_refused_before_ray(tmp_path):
+    """trainer.logger with wandb, no WANDB_API_KEY / netrc and not offline: a clear error, Ray never starts."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env["HOME"] = str(tmp_path)  # no ~/.netrc
+    out = subprocess.run(
+        [sys.executable, "-m", "reweight.train", "--config-name", "dapo_reweight", *MODEL,
+         "trainer.logger=[console,wandb]", f"hydra.run.dir={tmp_path}"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert out.returncode != 0
+    text = out.stdout + out.stderr
+    assert "WANDB_API_KEY" in text and "WANDB_MODE=offline" in text
+    assert "ray init kwargs" not in text
