@@ -11,7 +11,7 @@ waits forever -- TransferQueue's storage units hang *silently* during its init. 
   when set too low;
 - ``transfer_queue.backend.SimpleStorage.num_data_storage_units`` defaults to 1 on CPU (verl's 8
   exist for multi-node load balancing);
-- ``trainer.device=cpu``; ``TQ_NUM_THREADS`` / ``TOKENIZERS_PARALLELISM`` for the workers.
+- ``trainer.device=cpu``; one torch thread per worker process (``OMP_NUM_THREADS``, ``TQ_NUM_THREADS``).
 
 Refused with a message naming the key (:class:`CPUConfigError`): ``actor.strategy=fsdp`` (FSDP1
 cannot run on CPU), a vLLM / SGLang / TensorRT-LLM rollout, more training ranks than CPU cores,
@@ -32,7 +32,9 @@ CPUS_PER_RANK = 3
 # task runner, TransferQueue controller, load balancer, reward-loop manager helpers, headroom
 HELPER_CPUS = 6
 ACCELERATOR_ROLLOUTS = ("vllm", "sglang", "trtllm")
-WORKER_ENV = {"TQ_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "VERL_PLATFORM": "cpu"}
+# One torch thread per process: ranks, rollout server and helpers share the cores, and torch's
+# thread pools spin-wait -- two threads per process on a busy 2-core machine ran ~10x slower.
+WORKER_ENV = {"OMP_NUM_THREADS": "1", "TQ_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "VERL_PLATFORM": "cpu"}
 
 
 class CPUConfigError(ValueError):

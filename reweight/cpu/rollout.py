@@ -353,10 +353,9 @@ class HFReplica(_replica_base()):
     async def launch_servers(self):
         assert self.workers, "hf rollout: replica has no workers to colocate with"
         node_id = await self.workers[0].__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id())
-        num_threads = os.environ.get("REWEIGHT_HF_ROLLOUT_THREADS")
-        if not num_threads:
-            replicas = max(1, len(getattr(self, "_all_workers", self.workers)) // max(1, self.world_size))
-            num_threads = max(1, (os.cpu_count() or 1) // replicas)
+        # one thread unless told otherwise: the server shares the cores with the agent loop, reward
+        # and training processes, and contended torch thread pools are far slower than one thread
+        num_threads = int(os.environ.get("REWEIGHT_HF_ROLLOUT_THREADS", "1"))
         if self.is_reward_model:
             name = server_actor_name(self.replica_rank, 0, f"_reward{self.name_suffix}")
         elif self.is_teacher_model:
@@ -375,7 +374,7 @@ class HFReplica(_replica_base()):
             config=self.config,
             model_config=self.model_config,
             replica_rank=self.replica_rank,
-            num_threads=int(num_threads),
+            num_threads=num_threads,
         )
         info = await server.ready.remote()
         logger.info("hf rollout replica %d: server %s ready on %s", self.replica_rank, name, info)
@@ -383,9 +382,6 @@ class HFReplica(_replica_base()):
         self._server_handle = server
         self._server_address = f"hf-rollout/{name}"
 
-    async def init_hybrid(self, worker_group):
-        self._all_workers = worker_group.workers
-        await super().init_hybrid(worker_group)
 
 
 def _base_rollout():
