@@ -11,7 +11,6 @@ registered; ``test_submit_runs_two_training_steps`` runs real training once it e
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import secrets
@@ -220,21 +219,7 @@ def test_submit_refuses_wandb_without_credentials_before_contacting_ray(tmp_path
     assert f"cannot read the Ray cluster's nodes from the dashboard at http://127.0.0.1:{closed_port}" in capsys.readouterr().err
 
 
-EXISTING_CLUSTER_RAY_INIT_ERROR = "When connecting to an existing cluster, num_cpus and num_gpus must not be provided"
-
-
-def _cpu_backend_missing() -> str | None:
-    if importlib.util.find_spec("reweight.cpu") is None:
-        return "the CPU backend (reweight.cpu, issue 3) is not in this checkout"
-    import reweight.configs
-
-    if not (Path(reweight.configs.__file__).parent / "embedded.yaml").exists():
-        return "the embedded default config (configs/embedded.yaml) is not in this checkout"
-    return None
-
-
 @pytest.mark.e2e
-@pytest.mark.skipif(_cpu_backend_missing() is not None, reason=str(_cpu_backend_missing()))
 def test_submit_runs_two_training_steps(ray_cluster, tmp_path):
     """The embedded default, 2 real steps on CPU, submitted to the two-node cluster; W&B offline."""
     r = ray_cluster.launch(
@@ -242,12 +227,6 @@ def test_submit_runs_two_training_steps(ray_cluster, tmp_path):
         "--", "trainer.total_training_steps=2", "trainer.logger=[console,wandb]", "trainer.experiment_name=e2e-2steps",
         timeout=590,
     )
-    if r.returncode != 0 and EXISTING_CLUSTER_RAY_INIT_ERROR in r.stdout:
-        pytest.xfail(
-            "known integration bug: on the CPU platform reweight.cpu.resources.apply_cpu_defaults sets "
-            "ray_kwargs.ray_init.num_cpus/num_gpus even when the trainer runs as a Ray job on an existing cluster "
-            "(RAY_ADDRESS is set), and Ray refuses them there; it must leave them unset in that case"
-        )
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
     from reweight.launch.wandb_files import find_offline_runs
 

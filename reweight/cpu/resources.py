@@ -110,6 +110,12 @@ def check_cpu_config(cfg: DictConfig, cores: int | None = None) -> None:
         )
 
 
+def joins_existing_cluster(cfg: DictConfig) -> bool:
+    """Whether verl's ``ray.init`` will connect to a running cluster instead of starting a local one."""
+    address = _sel(cfg, "ray_kwargs.ray_init.address") or os.environ.get("RAY_ADDRESS")
+    return bool(address) and str(address) != "local"
+
+
 def apply_cpu_defaults(cfg: DictConfig) -> dict[str, Any]:
     """Fill the machine-dependent settings of a CPU run (only where unset); return what was set."""
     changed: dict[str, Any] = {}
@@ -124,10 +130,13 @@ def apply_cpu_defaults(cfg: DictConfig) -> dict[str, Any]:
         units_key = "transfer_queue.backend.SimpleStorage.num_data_storage_units"
         if _sel(cfg, units_key) is None:
             put(units_key, 1)
-        if _sel(cfg, "ray_kwargs.ray_init.num_gpus") is None:
-            put("ray_kwargs.ray_init.num_gpus", training_ranks(cfg))
-        if _sel(cfg, "ray_kwargs.ray_init.num_cpus") is None:
-            put("ray_kwargs.ray_init.num_cpus", required_logical_cpus(cfg))
+        # Joining an existing cluster (a Ray job, or ray_init.address): Ray refuses num_cpus / num_gpus
+        # there; the cluster's nodes declared their logical resources when they started.
+        if not joins_existing_cluster(cfg):
+            if _sel(cfg, "ray_kwargs.ray_init.num_gpus") is None:
+                put("ray_kwargs.ray_init.num_gpus", training_ranks(cfg))
+            if _sel(cfg, "ray_kwargs.ray_init.num_cpus") is None:
+                put("ray_kwargs.ray_init.num_cpus", required_logical_cpus(cfg))
         for var, value in WORKER_ENV.items():
             key = f"ray_kwargs.ray_init.runtime_env.env_vars.{var}"
             if _sel(cfg, key) is None:
