@@ -5,12 +5,13 @@ by ``reweight-train`` before Ray starts) builds the assets on first use, caches 
 every ``embedded://NAME`` in the config with the cached file:
 
 - ``embedded://train.parquet``, ``embedded://val.parquet``: the synthetic integer-arithmetic task
-  (:mod:`reweight.data.synthetic`, levels 1-3) in verl's RL parquet schema; train and held-out
+  (:mod:`reweight.data.synthetic`, levels 1 and 3) in verl's RL parquet schema; train and held-out
   validation problems are drawn from different seeds;
 - ``embedded://model``: a tiny Qwen2-architecture model with a tokenizer trained here
-  (:mod:`reweight.tiny`), briefly supervised-fine-tuned on reference solutions until its sampled
-  (temperature 1) accuracy on held-out problems sits in :data:`TARGET_ACCURACY` -- RL needs groups
-  with mixed outcomes. The accuracy reached is recorded in ``meta.json``.
+  (:mod:`reweight.tiny`), briefly supervised-fine-tuned on reference solutions -- half of them with
+  a near-miss answer, so that it hedges -- until its sampled (temperature 1) accuracy on held-out
+  problems sits in :data:`TARGET_ACCURACY`: RL needs groups with mixed outcomes, and room to
+  sharpen. The accuracies reached (sampled and greedy) are recorded in ``meta.json``.
 
 The cache lives in ``${REWEIGHT_CACHE:-~/.cache/verl-reweight}/embedded/<recipe hash>/``; it is
 written to a temporary directory and renamed into place (atomic), under a file lock so concurrent
@@ -34,14 +35,14 @@ from typing import Any
 
 SCHEME = "embedded://"
 ASSETS = ("model", "train.parquet", "val.parquet")
-TARGET_ACCURACY = (0.15, 0.5)
+TARGET_ACCURACY = (0.1, 0.6)
 
 
 @dataclass(frozen=True)
 class Recipe:
     """Everything that determines the built assets (its hash names the cache directory)."""
 
-    levels: tuple[int, ...] = (1, 2, 3)
+    levels: tuple[int, ...] = (1, 3)
     n_train: int = 2048
     n_val: int = 256
     data_seed: int = 1234
@@ -55,12 +56,17 @@ class Recipe:
     sft_batch_size: int = 32
     sft_lr: float = 3e-3
     sft_max_steps: int = 1500
-    sft_eval_every: int = 25
+    sft_eval_every: int = 50
     sft_eval_problems: int = 128
+    target_greedy: float = 0.3  # ... and greedy accuracy at least this: room for RL to sharpen
+    # Fraction of SFT targets whose answer is replaced by a near miss (answer +-1..3): the model learns
+    # a hedged answer distribution whose mode is right, like a base model that "knows" more than it
+    # samples -- sampled accuracy well below greedy, which RL can sharpen within a few steps.
+    sft_answer_noise: float = 0.5
     sft_threads: int = 1  # one thread: on a busy 2-core machine two threads contend (10x slower steps)
-    target_low: float = TARGET_ACCURACY[0]
+    target_low: float = TARGET_ACCURACY[0]  # sampled (T=1) held-out accuracy band that stops SFT
     target_high: float = TARGET_ACCURACY[1]
-    version: int = 2
+    version: int = 3
 
     def key(self) -> str:
         blob = json.dumps(asdict(self), sort_keys=True).encode()
@@ -116,13 +122,21 @@ def sampled_accuracy(model, tok, problems, *, temperature: float = 1.0, max_toke
     return sum(is_correct(t, p.answer) for t, p in zip(texts, problems)) / max(1, len(problems))
 
 
-def _sft_batch(tok, problems, eos: str):
+def _sft_target(problem, rng: random.Random, noise: float) -> str:
+    if noise <= 0 or rng.random() >= noise:
+        return problem.solution
+    wrong = problem.answer + rng.choice((-3, -2, -1, 1, 2, 3))
+    return f"{problem.question}={wrong}. \\boxed{{{wrong}}}"
+
+
+def _sft_batch(tok, problems, eos: str, rng: random.Random | None = None, noise: float = 0.0):
     import torch
 
+    rng = rng or random.Random(0)
     seqs, labels = [], []
     for p in problems:
         prompt = _chat_prompt_ids(tok, p.prompt)
-        resp = tok(p.solution + eos, add_special_tokens=False)["input_ids"]
+        resp = tok(_sft_target(p, rng, noise) + eos, add_special_tokens=False)["input_ids"]
         seqs.append(prompt + resp)
         labels.append([-100] * len(prompt) + resp)
     width = max(len(s) for s in seqs)
@@ -137,10 +151,12 @@ def _sft_batch(tok, problems, eos: str):
 
 
 def sft(model, tok, recipe: Recipe, log=print) -> dict[str, Any]:
-    """Supervised warm-up until held-out sampled accuracy enters the target band.
+    """Supervised warm-up on (noisy) reference solutions.
 
-    Stops at the first evaluation inside ``[target_low, target_high]`` (or above it) and keeps the
-    evaluated checkpoint closest to the band's middle. Returns the accuracy history.
+    Evaluates held-out accuracy every ``sft_eval_every`` steps, sampled (T=1) and greedy, and stops
+    at the first evaluation where the sampled accuracy is inside ``[target_low, target_high]`` and
+    the greedy one reaches ``target_greedy``; otherwise keeps the evaluated checkpoint with the best
+    greedy accuracy whose sampled accuracy is in the band. Returns the accuracy history.
     """
     import copy
 
@@ -153,34 +169,31 @@ def sft(model, tok, recipe: Recipe, log=print) -> dict[str, Any]:
     train = make_problems(recipe.n_train, recipe.data_seed, recipe.levels)
     held_out = make_problems(recipe.sft_eval_problems, recipe.val_seed + 1, recipe.levels)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.sft_lr, weight_decay=0.0)
-    middle = (recipe.target_low + recipe.target_high) / 2
-    history: list[tuple[int, float]] = []
-    best = (math.inf, None, 0.0, 0)  # (distance to middle, state, acc, step)
-    acc = sampled_accuracy(model, tok, held_out, seed=recipe.sft_seed)
-    history.append((0, acc))
+    history: list[tuple[int, float, float]] = []
+    best: tuple[float, Any, float, float, int] = (-1.0, None, 0.0, 0.0, 0)  # greedy, state, sampled, greedy, step
     for step in range(1, recipe.sft_max_steps + 1):
         model.train()
-        ids, mask, lab = _sft_batch(tok, rng.sample(train, recipe.sft_batch_size), tok.eos_token)
+        batch = rng.sample(train, recipe.sft_batch_size)
+        ids, mask, lab = _sft_batch(tok, batch, tok.eos_token, rng, recipe.sft_answer_noise)
         loss = model(input_ids=ids, attention_mask=mask, labels=lab).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if step % recipe.sft_eval_every == 0:
-            acc = sampled_accuracy(model, tok, held_out, seed=recipe.sft_seed + step)
-            history.append((step, acc))
-            log(f"[embedded] sft step {step}: loss {loss.item():.3f}, held-out sampled accuracy {acc:.3f}")
-            dist = abs(acc - middle)
-            if dist < best[0]:
-                best = (dist, copy.deepcopy(model.state_dict()), acc, step)
-            if recipe.target_low <= acc <= recipe.target_high:
-                break
-            if acc > recipe.target_high:
+            sampled = sampled_accuracy(model, tok, held_out, seed=recipe.sft_seed + step)
+            greedy = sampled_accuracy(model, tok, held_out, temperature=0.0)
+            history.append((step, sampled, greedy))
+            log(f"[embedded] sft step {step}: loss {loss.item():.3f}, held-out accuracy sampled {sampled:.3f} greedy {greedy:.3f}")
+            in_band = recipe.target_low <= sampled <= recipe.target_high
+            if in_band and greedy > best[0]:
+                best = (greedy, copy.deepcopy(model.state_dict()), sampled, greedy, step)
+            if in_band and greedy >= recipe.target_greedy:
                 break
     if best[1] is not None:
         model.load_state_dict(best[1])
     model.eval()
-    return {"sft_history": history, "sft_accuracy": best[2], "sft_steps": best[3]}
+    return {"sft_history": history, "sft_accuracy_sampled": best[2], "sft_accuracy_greedy": best[3], "sft_steps": best[4]}
 
 
 # ------------------------------------------------------------------------------------------ build

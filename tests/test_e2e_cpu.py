@@ -30,6 +30,8 @@ TEST_RECIPE = dict(
     sft_eval_problems=64,
     target_low=0.2,
     target_high=0.7,
+    target_greedy=0.0,
+    sft_answer_noise=0.0,
 )
 RUN_TIMEOUT_S = 420
 

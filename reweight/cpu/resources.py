@@ -11,6 +11,7 @@ waits forever -- TransferQueue's storage units hang *silently* during its init. 
   when set too low;
 - ``transfer_queue.backend.SimpleStorage.num_data_storage_units`` defaults to 1 on CPU (verl's 8
   exist for multi-node load balancing);
+- no Ray dashboard (``ray_kwargs.ray_init.include_dashboard=false``) unless asked for;
 - ``trainer.device=cpu``; one torch thread per worker process (``OMP_NUM_THREADS``, ``TQ_NUM_THREADS``).
 
 Refused with a message naming the key (:class:`CPUConfigError`): ``actor.strategy=fsdp`` (FSDP1

@@ -1,0 +1,110 @@
+"""Benchmarks of reweighted DAPO on verl's trainer (CPU backend or GPU), run on demand.
+
+    python tests/benchmarks/bench_train_step.py step-ratio [--steps 8] [--out DIR]
+    python tests/benchmarks/bench_train_step.py embedded [--out DIR]
+
+``step-ratio``: the embedded config trained twice with the same seed and the same (deterministically
+served, no dynamic-sampling refills) rollouts, once with the reweight loss (scheme low_prob) and once
+with verl's vanilla loss; reports the median over steps 2..N of ``timing_s/update_actor`` (where the
+loss runs) and of ``timing_s/step``, and their ratios reweight / vanilla (target <= 1.02).
+
+``embedded``: ``reweight-train`` with no arguments (fresh checkpoint directory): wall time, steps,
+held-out accuracy before training (step-0 validation) and after (last validation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+VANILLA = (
+    "actor_rollout_ref.actor.policy_loss._target_=verl.workers.config.PolicyLossConfig",
+    "actor_rollout_ref.actor.policy_loss.loss_mode=vanilla",
+    "~actor_rollout_ref.actor.policy_loss.scheme",
+    "~actor_rollout_ref.actor.policy_loss.alpha",
+    "~actor_rollout_ref.actor.policy_loss.prob_source",
+)
+VAL_KEY = "val-core/synthetic_arith/acc/mean@1"
+
+
+def train(out: Path, *overrides: str, command: tuple[str, ...] | None = None) -> tuple[list[dict], float]:
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = out / "metrics.jsonl"
+    cmd = list(command or (sys.executable, "-m", "reweight.train")) + [
+        "trainer.logger=[console,file]",
+        f"+ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH={metrics}",
+        f"trainer.default_local_dir={out / 'ckpt'}",
+        *overrides,
+    ]
+    t0 = time.time()
+    with open(out / "log.txt", "w") as log:
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=out)
+    wall = time.time() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"training failed ({proc.returncode}); see {out / 'log.txt'}")
+    return [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()], wall
+
+
+def _steps(records: list[dict]) -> dict[int, dict]:
+    return {r["step"]: r["data"] for r in records if "actor/pg_loss" in r["data"]}
+
+
+def step_ratio(out: Path, steps: int) -> dict:
+    common = (
+        f"trainer.total_training_steps={steps}",
+        "trainer.val_before_train=false",
+        "trainer.test_freq=-1",
+        "trainer.save_freq=-1",
+        "algorithm.filter_groups.enable=false",
+        "actor_rollout_ref.rollout.full_determinism=true",
+    )
+    result = {}
+    for name, extra in (("reweight", ("actor_rollout_ref.actor.policy_loss.scheme=low_prob",)), ("vanilla", VANILLA)):
+        records, wall = train(out / name, *common, *extra)
+        per_step = _steps(records)
+        later = [per_step[s] for s in sorted(per_step) if s >= 2]
+        result[name] = {
+            "wall_s": round(wall, 1),
+            "median_update_actor_s": statistics.median(m["timing_s/update_actor"] for m in later),
+            "median_step_s": statistics.median(m["timing_s/step"] for m in later),
+            "steps": len(per_step),
+        }
+    for key in ("median_update_actor_s", "median_step_s"):
+        result[f"ratio_{key}"] = result["reweight"][key] / result["vanilla"][key]
+    return result
+
+
+def embedded(out: Path) -> dict:
+    records, wall = train(out / "embedded", command=("reweight-train",))
+    vals = [(r["step"], r["data"][VAL_KEY]) for r in records if VAL_KEY in r["data"]]
+    per_step = _steps(records)
+    return {
+        "wall_s": round(wall, 1),
+        "train_steps": len(per_step),
+        "val_accuracy_before": vals[0][1] if vals and vals[0][0] == 0 else None,
+        "val_accuracy_after": vals[-1][1] if vals else None,
+        "val_history": vals,
+        "median_step_s": statistics.median(m["timing_s/step"] for m in per_step.values()) if per_step else None,
+    }
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=["step-ratio", "embedded"])
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    out = args.out or Path(tempfile.mkdtemp(prefix="bench-"))
+    result = step_ratio(out, args.steps) if args.what == "step-ratio" else embedded(out)
+    print(json.dumps(result, indent=2))
+    (out / f"{args.what}.json").write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
