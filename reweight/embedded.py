@@ -319,4 +319,22 @@ def prepare(cfg, recipe: Recipe | None = None, log=print) -> list[str]:
     with open_dict(cfg):
         for key, value in keys:
             OmegaConf.update(cfg, key, str(root / value[len(SCHEME) :]), merge=False)
+        _fit_to_gpus(cfg, log)
     return [k for k, _ in keys]
+
+
+def _fit_to_gpus(cfg, log=print) -> None:
+    """On a machine with fewer GPUs than the embedded config's 2 ranks, train on the GPUs there are."""
+    try:
+        import torch
+
+        gpus = torch.cuda.device_count()
+    except Exception:  # pragma: no cover
+        gpus = 0
+    ranks = int(cfg.trainer.n_gpus_per_node)
+    if 0 < gpus < ranks and int(cfg.trainer.nnodes) == 1:
+        log(f"[embedded] {gpus} GPU(s) here: trainer.n_gpus_per_node {ranks} -> {gpus}")
+        cfg.trainer.n_gpus_per_node = gpus
+        tp = int(cfg.actor_rollout_ref.rollout.tensor_model_parallel_size)
+        if gpus % tp:
+            cfg.actor_rollout_ref.rollout.tensor_model_parallel_size = gpus

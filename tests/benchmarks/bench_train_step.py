@@ -1,6 +1,6 @@
 """Benchmarks of reweighted DAPO on verl's trainer (CPU backend or GPU), run on demand.
 
-    python tests/benchmarks/bench_train_step.py step-ratio [--steps 8] [--out DIR]
+    python tests/benchmarks/bench_train_step.py step-ratio [--steps 8] [--repeats 2] [--out DIR]
     python tests/benchmarks/bench_train_step.py embedded [--out DIR]
 
 ``step-ratio``: the embedded config trained twice with the same seed and the same (deterministically
@@ -55,7 +55,7 @@ def _steps(records: list[dict]) -> dict[int, dict]:
     return {r["step"]: r["data"] for r in records if "actor/pg_loss" in r["data"]}
 
 
-def step_ratio(out: Path, steps: int) -> dict:
+def step_ratio(out: Path, steps: int, repeats: int = 1) -> dict:
     common = (
         f"trainer.total_training_steps={steps}",
         "trainer.val_before_train=false",
@@ -64,16 +64,25 @@ def step_ratio(out: Path, steps: int) -> dict:
         "algorithm.filter_groups.enable=false",
         "actor_rollout_ref.rollout.full_determinism=true",
     )
-    result = {}
-    for name, extra in (("reweight", ("actor_rollout_ref.actor.policy_loss.scheme=low_prob",)), ("vanilla", VANILLA)):
-        records, wall = train(out / name, *common, *extra)
-        per_step = _steps(records)
-        later = [per_step[s] for s in sorted(per_step) if s >= 2]
+    arms = {"reweight": ("actor_rollout_ref.actor.policy_loss.scheme=low_prob",), "vanilla": VANILLA}
+    samples: dict[str, dict[str, list[float]]] = {a: {"update_actor": [], "step": []} for a in arms}
+    walls: dict[str, list[float]] = {a: [] for a in arms}
+    for rep in range(repeats):  # alternate the arms so that a change in machine load hits both
+        for name, extra in arms.items():
+            records, wall = train(out / f"{name}-{rep}", *common, *extra)
+            per_step = _steps(records)
+            for s in sorted(per_step):
+                if s >= 2:
+                    samples[name]["update_actor"].append(per_step[s]["timing_s/update_actor"])
+                    samples[name]["step"].append(per_step[s]["timing_s/step"])
+            walls[name].append(round(wall, 1))
+    result: dict = {}
+    for name in arms:
         result[name] = {
-            "wall_s": round(wall, 1),
-            "median_update_actor_s": statistics.median(m["timing_s/update_actor"] for m in later),
-            "median_step_s": statistics.median(m["timing_s/step"] for m in later),
-            "steps": len(per_step),
+            "wall_s": walls[name],
+            "median_update_actor_s": statistics.median(samples[name]["update_actor"]),
+            "median_step_s": statistics.median(samples[name]["step"]),
+            "steps_measured": len(samples[name]["step"]),
         }
     for key in ("median_update_actor_s", "median_step_s"):
         result[f"ratio_{key}"] = result["reweight"][key] / result["vanilla"][key]
@@ -98,10 +107,11 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["step-ratio", "embedded"])
     parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=1, help="step-ratio: alternating runs per arm")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     out = args.out or Path(tempfile.mkdtemp(prefix="bench-"))
-    result = step_ratio(out, args.steps) if args.what == "step-ratio" else embedded(out)
+    result = step_ratio(out, args.steps, args.repeats) if args.what == "step-ratio" else embedded(out)
     print(json.dumps(result, indent=2))
     (out / f"{args.what}.json").write_text(json.dumps(result, indent=2))
 
