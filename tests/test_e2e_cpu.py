@@ -99,8 +99,9 @@ def test_two_dapo_steps_with_the_reweight_loss_log_our_metrics_and_checkpoint(fi
         # our loss ran inside verl's actor: its metrics reached the trainer's logger
         assert m["actor/reweight/weight_max"] <= 1.2 + 1e-6 and m["actor/reweight/weight_min"] >= 1.0
         assert m["actor/reweight/weight_mean"] > 1.0  # low_prob, alpha 0.2: some p < 1 was upweighted
-        # DAPO machinery was on: dynamic sampling, dapo reward manager
-        assert any(k.startswith("training/filter_groups/") for k in m)
+    # DAPO's dynamic sampling was on: verl logs filter_groups counts in the steps where it evicted groups
+    # (not necessarily every step; at ~10-30% accuracy and n=8, all-wrong groups are nearly certain)
+    assert any(k.startswith("training/filter_groups/") for m in steps.values() for k in m)
     # the HF rollout's log-probs agree with the FSDP actor's recomputed old_log_prob (verl's own metric)
     assert max(m["training/rollout_probs_diff_max"] for m in steps.values()) < 1e-3
     assert (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
