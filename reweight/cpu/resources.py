@@ -152,6 +152,10 @@ def prepare_driver(cfg: DictConfig) -> dict[str, Any]:
     """
     import reweight.cpu as backend
 
+    if not backend.enabled():
+        if os.environ.get("VERL_PLATFORM", "").strip().lower() == "cpu":
+            raise CPUConfigError(f"VERL_PLATFORM=cpu but the CPU backend is disabled ({backend.ENV_DISABLE}=0)")
+        return {}
     backend.check()
     if not backend.is_cpu_platform():
         return {}

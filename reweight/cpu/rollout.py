@@ -97,7 +97,6 @@ class HFRolloutServer:
             trust_remote_code=bool(_get(model_config, "trust_remote_code", False)),
         ).to(self.device)
         self.model.eval()
-        self.param_names = {n for n, _ in self.model.named_parameters()}
         self.tied = bool(getattr(self.model.config, "tie_word_embeddings", False))
         self.eos_token_ids = self._eos_ids(path)
         pad = getattr(self.model.config, "pad_token_id", None)
@@ -123,10 +122,9 @@ class HFRolloutServer:
         self._cond = threading.Condition()
         self._inbox: list[tuple[list[int], SamplingSpec, Optional[int], Any]] = []
         self._engine_lock = threading.Lock()  # held while decoding; load_weights takes it too
-        self._engine_error: Optional[BaseException] = None
         self._engine = threading.Thread(target=self._engine_loop, name="hf-rollout-engine", daemon=True)
         self._engine.start()
-        self.stats = {"requests": 0, "steps": 0, "forwards": 0, "tokens": 0, "weight_updates": 0, "max_batch": 0}
+        self.stats = {"requests": 0, "steps": 0, "weight_updates": 0, "max_batch": 0}
 
     def _eos_ids(self, path: str) -> list[int]:
         ids: list[int] = []
@@ -221,8 +219,6 @@ class HFRolloutServer:
             loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(result))
 
         with self._cond:
-            if self._engine_error is not None:
-                raise RuntimeError(f"hf rollout engine failed: {self._engine_error!r}") from self._engine_error
             self._inbox.append((prompt_ids, spec, row_seed, done))
             self._cond.notify()
         result = await fut
