@@ -4,9 +4,10 @@
 by ``reweight-train`` before Ray starts) builds the assets on first use, caches them, and replaces
 every ``embedded://NAME`` in the config with the cached file:
 
-- ``embedded://train.parquet``, ``embedded://val.parquet``: the synthetic integer-arithmetic task
-  (:mod:`reweight.data.synthetic`, levels 1 and 3) in verl's RL parquet schema; train and held-out
-  validation problems are drawn from different seeds;
+- ``embedded://train.parquet``, ``embedded://val.parquet``, ``embedded://test.parquet``: the synthetic
+  integer-arithmetic task (:mod:`reweight.data.synthetic`, levels 1 and 3) in verl's RL parquet schema;
+  the three splits hold disjoint sets of questions (the test split, every test question once, is what
+  ``reweight-study`` evaluates on);
 - ``embedded://model``: a tiny Qwen2-architecture model with a tokenizer trained here
   (:mod:`reweight.tiny`), briefly supervised-fine-tuned on reference solutions -- half of them with
   a near-miss answer, so that it hedges -- until its sampled (temperature 1) accuracy on held-out
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 SCHEME = "embedded://"
-ASSETS = ("model", "train.parquet", "val.parquet")
+ASSETS = ("model", "train.parquet", "val.parquet", "test.parquet")
 TARGET_ACCURACY = (0.1, 0.6)
 
 
@@ -66,7 +67,7 @@ class Recipe:
     sft_threads: int = 1  # one thread: on a busy 2-core machine two threads contend (10x slower steps)
     target_low: float = TARGET_ACCURACY[0]  # sampled (T=1) held-out accuracy band that stops SFT
     target_high: float = TARGET_ACCURACY[1]
-    version: int = 3
+    version: int = 4
 
     def key(self) -> str:
         blob = json.dumps(asdict(self), sort_keys=True).encode()
@@ -89,16 +90,31 @@ def _chat_prompt_ids(tok, prompt: str) -> list[int]:
     return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
 
+def held_out_problems(recipe: Recipe, split: str) -> list:
+    """The validation (``val``: ``n_val`` draws) or test (``test``: every question once) problems."""
+    from reweight.data.synthetic import make_split_problems, split_questions
+
+    if split == "test" and set(recipe.levels) <= {1, 3}:
+        return split_questions(recipe.levels, "test")
+    seed = recipe.val_seed if split == "val" else recipe.val_seed + 7
+    return make_split_problems(recipe.n_val, seed, recipe.levels, split)
+
+
 def write_data(out: Path, recipe: Recipe) -> None:
-    """Train / held-out validation parquets in verl's RL schema."""
+    """Train / validation / test parquets in verl's RL schema, on disjoint sets of questions.
+
+    The SFT warm-up (the stand-in for pre-training) sees the whole question space; RL trains on the
+    ``train`` questions, validates on the ``val`` ones and the study evaluates on the ``test`` ones
+    (:func:`reweight.data.synthetic.question_split`), so held-out numbers measure transfer to
+    questions RL never saw.
+    """
     import pandas as pd
 
-    from reweight.data.synthetic import make_problems, to_verl_row
+    from reweight.data.synthetic import make_split_problems, to_verl_row
 
-    train = make_problems(recipe.n_train, recipe.data_seed, recipe.levels)
-    val = make_problems(recipe.n_val, recipe.val_seed, recipe.levels)
-    pd.DataFrame([to_verl_row(p, "train", i) for i, p in enumerate(train)]).to_parquet(out / "train.parquet")
-    pd.DataFrame([to_verl_row(p, "test", i) for i, p in enumerate(val)]).to_parquet(out / "val.parquet")
+    train = make_split_problems(recipe.n_train, recipe.data_seed, recipe.levels, "train")
+    for split, problems in (("train", train), ("val", held_out_problems(recipe, "val")), ("test", held_out_problems(recipe, "test"))):
+        pd.DataFrame([to_verl_row(p, split, i) for i, p in enumerate(problems)]).to_parquet(out / f"{split}.parquet")
 
 
 # ------------------------------------------------------------------------------------------ SFT
@@ -210,7 +226,6 @@ def build(out: Path, recipe: Recipe, log=print) -> dict[str, Any]:
     import torch
     from transformers import AutoTokenizer
 
-    from reweight.data.synthetic import make_problems
     from reweight.tiny import build_model, build_tokenizer, save_tiny
 
     t0 = time.time()
@@ -233,7 +248,7 @@ def build(out: Path, recipe: Recipe, log=print) -> dict[str, Any]:
             seed=recipe.model_seed,
         )
         info = sft(model, tok, recipe, log=log)
-        val = make_problems(recipe.n_val, recipe.val_seed, recipe.levels)
+        val = held_out_problems(recipe, "val")
         info["base_val_accuracy_sampled"] = sampled_accuracy(model, tok, val, seed=7)
         info["base_val_accuracy_greedy"] = sampled_accuracy(model, tok, val, temperature=0.0)
         save_tiny(out / "model", model, tok)

@@ -44,9 +44,15 @@ def test_assets_are_built_once_atomically_and_loadable(cache):
     assert 0.0 <= meta["base_val_accuracy_sampled"] <= 1.0
 
     train, val = pd.read_parquet(root / "train.parquet"), pd.read_parquet(root / "val.parquet")
+    test = pd.read_parquet(root / "test.parquet")
     assert len(train) == 64 and len(val) == 16
     assert set(train.data_source) == {DATA_SOURCE}
-    # held-out problems come from another seed; rows are scorable by the DAPO reward function
+    # the three splits hold disjoint sets of questions; the test split lists each of its questions once
+    questions = {name: [r["question"] for r in df.extra_info] for name, df in (("train", train), ("val", val), ("test", test))}
+    assert not set(questions["train"]) & set(questions["val"])
+    assert not set(questions["test"]) & (set(questions["train"]) | set(questions["val"]))
+    assert len(set(questions["test"])) == len(questions["test"]) > 0
+    # held-out problems are rows scorable by the DAPO reward function
     row = val.iloc[0]
     answer = row.reward_model["ground_truth"]
     assert compute_score(DATA_SOURCE, f"\\boxed{{{answer}}}", answer)["acc"] is True

@@ -107,3 +107,23 @@ def test_reward_dispatch_synthetic_and_loaded_by_verl_from_our_config():
     assert fn(data_source=DATA_SOURCE, solution_str="\\boxed{6}", ground_truth="5")["score"] == -1.0
     assert fn(data_source="amc", solution_str="Answer: 3", ground_truth="3")["score"] == 1.0
     assert set(SOURCES) == {"dapo-math-17k", "aime24", "aime25", "amc"}
+
+
+def test_question_splits_are_disjoint_and_draws_stay_in_their_split():
+    from collections import Counter
+
+    from reweight.data.synthetic import all_questions, make_split_problems, question_split, split_questions
+
+    questions = all_questions((1, 3))
+    assert len(questions) == 100 + 121 == len({p.question for p in questions})
+    by_split = {s: {p.question for p in split_questions((1, 3), s)} for s in ("train", "val", "test")}
+    assert sum(len(v) for v in by_split.values()) == len(questions)  # a partition of the question space
+    assert not (by_split["train"] & by_split["val"]) and not (by_split["test"] & (by_split["train"] | by_split["val"]))
+    drawn = make_split_problems(300, seed=5, levels=(1, 3), split="train")
+    assert len(drawn) == 300 and {p.question for p in drawn} <= by_split["train"]
+    assert all(eval(p.question) == p.answer for p in drawn)  # noqa: S307 - our own arithmetic strings
+    assert question_split("7*8") == question_split("7*8")  # stable across calls (hash of the text)
+    counts = Counter(question_split(p.question) for p in questions)
+    assert 0.25 < counts["test"] / len(questions) < 0.45
+    with pytest.raises(ValueError, match="split='holdout'"):
+        make_split_problems(1, 0, (1,), "holdout")

@@ -15,6 +15,7 @@ Levels (``level`` in ``extra_info``):
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 from dataclasses import dataclass
@@ -70,6 +71,61 @@ def make_problems(n: int, seed: int, levels: tuple[int, ...] = LEVELS) -> list[P
             raise ValueError(f"unknown level {level!r}; levels are {LEVELS}")
     rng = random.Random(seed)
     return [make_problem(rng, rng.choice(levels)) for _ in range(n)]
+
+
+# Disjoint splits of the *question space*: every question (e.g. "7*8") belongs to exactly one split,
+# chosen by a stable hash of its text, so no test question is ever trained or validated on.
+SPLITS = ("train", "val", "test")
+SPLIT_FRACTIONS = {"train": 0.5, "val": 0.15, "test": 0.35}
+
+
+def question_split(question: str) -> str:
+    """The split (``train`` / ``val`` / ``test``) a question belongs to, by a stable hash of its text."""
+    u = int.from_bytes(hashlib.sha256(question.encode()).digest()[:8], "little") / 2**64
+    if u < SPLIT_FRACTIONS["train"]:
+        return "train"
+    if u < SPLIT_FRACTIONS["train"] + SPLIT_FRACTIONS["val"]:
+        return "val"
+    return "test"
+
+
+def all_questions(levels: tuple[int, ...] = LEVELS) -> list[Problem]:
+    """Every distinct problem of the given levels, in a fixed order (levels 2 and 4 are large)."""
+    out: list[Problem] = []
+    for level in levels:
+        if level == 1:
+            out += [Problem(f"{a}+{b}", a + b, 1) for a in range(10) for b in range(10)]
+        elif level == 2:
+            out += [Problem(f"{a}{op}{b}", a + b if op == "+" else a - b, 2) for a in range(100) for b in range(100) for op in "+-"]
+        elif level == 3:
+            out += [Problem(f"{a}*{b}", a * b, 3) for a in range(2, 13) for b in range(2, 13)]
+        elif level == 4:
+            out += [Problem(f"{a}*{b}+{c}", a * b + c, 4) for a in range(2, 13) for b in range(2, 13) for c in range(100)]
+        else:
+            raise ValueError(f"unknown level {level!r}; levels are {LEVELS}")
+    return out
+
+
+def make_split_problems(n: int, seed: int, levels: tuple[int, ...], split: str) -> list[Problem]:
+    """``n`` problems drawn as :func:`make_problems` draws them, keeping only questions of ``split``."""
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r}; choose one of {list(SPLITS)}")
+    if not any(question_split(p.question) == split for p in all_questions(levels)):
+        raise ValueError(f"no question of levels {levels} falls in split {split!r}")
+    rng = random.Random(seed)
+    out: list[Problem] = []
+    while len(out) < n:
+        p = make_problem(rng, rng.choice(levels))
+        if question_split(p.question) == split:
+            out.append(p)
+    return out
+
+
+def split_questions(levels: tuple[int, ...], split: str) -> list[Problem]:
+    """Every distinct question of ``split`` (levels 1 and 3 only: the others have too many to list)."""
+    if any(l in (2, 4) for l in levels):
+        raise ValueError(f"levels {levels}: listing every question is only supported for levels 1 and 3")
+    return [p for p in all_questions(levels) if question_split(p.question) == split]
 
 
 def to_verl_row(problem: Problem, split: str, index: int) -> dict[str, Any]:
