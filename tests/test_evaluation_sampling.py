@@ -122,8 +122,12 @@ def test_reading_responses_long_and_wide_layouts(tmp_path, problems):
     wide.to_parquet(tmp_path / "wide.parquet")
     [(problem, samples)] = load_response_file(tmp_path / "wide.parquet")
     assert problem.data_source == "amc" and [t for t, _ in samples] == ["\\boxed{1/2}", "\\boxed{3}"]
-    results = score_response_file([(problem, samples)], ResultsWriter(tmp_path / "w.jsonl", {}), progress=False)
+    # scorer boxed: the last \\boxed{} by math_verify, so 1/2 == 0.5
+    results = score_response_file([(problem, samples)], ResultsWriter(tmp_path / "w.jsonl", {}), progress=False, scorer="boxed")
     assert results[0].correct == [True, False]
+    # the default (dapo) is the training reward: for amc, DAPO's Answer-line rule, which a bare box fails
+    results = score_response_file([(problem, samples)], ResultsWriter(tmp_path / "d.jsonl", {}), progress=False)
+    assert results[0].correct == [False, False]
 
     with pytest.raises(EvalInputError, match="no ground-truth column"):
         load_response_file(tmp_path / "long.jsonl")  # no dataset to take ground truths from

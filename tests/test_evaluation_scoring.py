@@ -41,13 +41,13 @@ REJECTED = [
 @pytest.mark.parametrize("response,truth", ACCEPTED)
 @pytest.mark.parametrize("source", [None, "aime24"])
 def test_equivalent_answers_accepted(response, truth, source):
-    assert is_correct(response, truth, source) is True
+    assert is_correct(response, truth, source, scorer="boxed") is True
 
 
 @pytest.mark.parametrize("response,truth", REJECTED)
 def test_wrong_or_missing_answers_rejected(response, truth):
     assert is_correct(response, truth) is False
-    assert is_correct(response, truth, "aime25") is False
+    assert is_correct(response, truth, "aime25", scorer="boxed") is False
 
 
 def test_last_boxed_handles_nesting_and_absence():
@@ -76,3 +76,39 @@ def test_register_checker_is_pluggable_per_data_source():
     assert is_correct("\\boxed{YES}", "YES", "test_evaluation_upper") is False
     with pytest.raises(ValueError, match="data_source"):
         register_checker("", upper_checker)
+
+
+RESPONSES = [
+    "So the answer is 42.\nAnswer: 42",
+    "So the sum is \\boxed{42}.",
+    "The value is \\boxed{41}.\nAnswer: 42",
+    "Answer: 41",
+    "Answer: \\frac{1}{2}",
+    "no answer at all",
+    "12+30=42. \\boxed{42}",
+]
+
+
+@pytest.mark.parametrize(
+    "config_name,data_source,truth",
+    [("dapo_reweight", "math_dapo", "42"), ("dapo_reweight", "aime24", "\\frac{1}{2}"), ("embedded", "synthetic_arith", "42")],
+)
+def test_evaluation_scores_exactly_as_the_training_reward(tmp_path, config_name, data_source, truth):
+    """reweight-eval (default scorer) judges responses as the reward function verl loads from the config."""
+    import json
+
+    from verl.trainer.ppo.reward import get_custom_reward_fn
+
+    from reweight.evaluation.cli import main
+    from reweight.evaluation.records import read_results
+    from reweight.train import compose_config
+
+    reward_fn = get_custom_reward_fn(compose_config(config_name))
+    expected = [bool(reward_fn(data_source, r, truth, {})["acc"]) for r in RESPONSES]
+    assert any(expected) and not all(expected)  # the table separates right from wrong under this rule
+    rows = [{"responses": RESPONSES, "ground_truth": truth, "data_source": data_source}]
+    (tmp_path / "responses.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "scored.jsonl"
+    assert main(["score", "--responses", str(tmp_path / "responses.jsonl"), "--out", str(out), "--no-progress"]) == 0
+    [result] = read_results(out)[1]
+    assert result.correct == expected

@@ -45,6 +45,16 @@ def _dataset_args(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--limit", type=int, default=None, help="only the first N problems")
 
 
+def _scorer_arg(p: argparse.ArgumentParser) -> None:
+    from reweight.evaluation.scoring import DEFAULT_SCORER, SCORERS
+
+    p.add_argument(
+        "--scorer", default=DEFAULT_SCORER, choices=SCORERS,
+        help="dapo: the training reward with DAPO's Answer-line rule (default; the same function training used); "
+        "verl: the training reward with verl's \\boxed{} fallback; boxed: last \\boxed{} + math_verify",
+    )
+
+
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--dtype", default="auto", choices=DTYPES)
@@ -69,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--backend", choices=("hf", "vllm"), default="hf")
     s.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm only")
+    _scorer_arg(s)
     s.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vllm only")
     _model_args(s)
 
@@ -79,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--response-key", default=None, help="response column (list per problem, or one string per row)")
     f.add_argument("--group-key", default=None, help="problem-id column (one response per row); a dataset row index or uid")
     f.add_argument("--no-progress", action="store_true")
+    _scorer_arg(f)
 
     u = sub.add_parser("support", help="Invisible Leash support / entropy metrics of a base and an RL model")
     u.add_argument("--base-model", required=True)
@@ -150,7 +162,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     meta = {
         "source": "sample", "model": args.model, "data": str(args.data), "backend": args.backend,
         "n": args.n, "temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens,
-        "seed": args.seed, "chat_template": not args.no_chat_template,
+        "seed": args.seed, "chat_template": not args.no_chat_template, "scorer": args.scorer,
     }
     writer = ResultsWriter(args.out, meta)
     for p in problems:
@@ -172,7 +184,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         per_batch = args.problems_per_batch or max(1, args.batch_size // args.n)
     results = sample_dataset(
         problems, sampler, tokenizer, writer, args.n, per_batch, args.seed,
-        progress=not args.no_progress, use_chat_template=not args.no_chat_template,
+        progress=not args.no_progress, use_chat_template=not args.no_chat_template, scorer=args.scorer,
     )
     acc = sum(r.num_correct for r in results) / max(1, sum(r.n for r in results))
     print(f"{len(results)} problems x {args.n} samples -> {args.out} (mean accuracy {acc:.4f})")
@@ -189,8 +201,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         args.responses, args.response_key, args.group_key, args.answer_key if not args.data else None,
         args.data_source_key, args.prompt_key, args.data_source, problems,
     )
-    writer = ResultsWriter(args.out, {"source": "file", "responses": str(args.responses)})
-    results = score_response_file(pairs, writer, progress=not args.no_progress)
+    writer = ResultsWriter(args.out, {"source": "file", "responses": str(args.responses), "scorer": args.scorer})
+    results = score_response_file(pairs, writer, progress=not args.no_progress, scorer=args.scorer)
     total = sum(r.n for r in results)
     acc = sum(r.num_correct for r in results) / max(1, total)
     print(f"{len(results)} problems, {total} responses -> {args.out} (mean accuracy {acc:.4f})")

@@ -30,7 +30,7 @@ from reweight.evaluation.records import (
     require_key,
     resolve_answer_key,
 )
-from reweight.evaluation.scoring import is_correct, last_boxed
+from reweight.evaluation.scoring import DEFAULT_SCORER, check_scorer, is_correct, last_boxed
 
 Sample = tuple[str, str | None]  # (response text, finish reason: "stop" | "length" | None)
 
@@ -47,8 +47,8 @@ def render_prompt(tokenizer, prompt: list[dict[str, str]] | str, use_chat_templa
     return "\n".join(m["content"] for m in messages)
 
 
-def score_problem(problem: EvalProblem, samples: Sequence[Sample]) -> ProblemResult:
-    """Check every sample of one problem with the checker of its data source."""
+def score_problem(problem: EvalProblem, samples: Sequence[Sample], scorer: str = DEFAULT_SCORER) -> ProblemResult:
+    """Check every sample of one problem by ``scorer`` (see :data:`reweight.evaluation.scoring.SCORERS`)."""
     responses = [text for text, _ in samples]
     return ProblemResult(
         uid=problem.uid,
@@ -56,7 +56,7 @@ def score_problem(problem: EvalProblem, samples: Sequence[Sample]) -> ProblemRes
         ground_truth=problem.ground_truth,
         prompt=problem.prompt,
         responses=responses,
-        correct=[is_correct(r, problem.ground_truth, problem.data_source) for r in responses],
+        correct=[is_correct(r, problem.ground_truth, problem.data_source, scorer) for r in responses],
         answers=[last_boxed(r) for r in responses],
         finish_reasons=[reason for _, reason in samples],
         prompt_sha=problem.prompt_sha,
@@ -232,6 +232,7 @@ def sample_dataset(
     seed: int = 0,
     progress: bool = True,
     use_chat_template: bool = True,
+    scorer: str = DEFAULT_SCORER,
 ) -> list[ProblemResult]:
     """Sample, score and append every problem not yet in ``writer``; return all results in dataset order.
 
@@ -240,6 +241,7 @@ def sample_dataset(
     """
     from tqdm.auto import tqdm
 
+    check_scorer(scorer)
     if not problems:
         raise EvalInputError("no problems to sample")
     uids = [p.uid for p in problems]
@@ -256,7 +258,7 @@ def sample_dataset(
         texts = [render_prompt(tokenizer, p.prompt, use_chat_template) for p in pending]
         samples = sampler.sample(texts, n, batch_seed(seed, b))
         for problem, s in zip(pending, samples):
-            writer.append(score_problem(problem, s))
+            writer.append(score_problem(problem, s, scorer))
             bar.update(1)
     bar.close()
     return [writer.done[u] for u in uids]
@@ -359,7 +361,8 @@ def load_response_file(
 
 
 def score_response_file(
-    pairs: Sequence[tuple[EvalProblem, list[Sample]]], writer: ResultsWriter, progress: bool = True
+    pairs: Sequence[tuple[EvalProblem, list[Sample]]], writer: ResultsWriter, progress: bool = True,
+    scorer: str = DEFAULT_SCORER,
 ) -> list[ProblemResult]:
     """Score problems read by :func:`load_response_file` into ``writer`` (finished uids skipped)."""
     from tqdm.auto import tqdm
@@ -367,6 +370,6 @@ def score_response_file(
     out = []
     for problem, samples in tqdm(pairs, desc="scoring problems", disable=not progress, unit="prob"):
         if problem.uid not in writer.done:
-            writer.append(score_problem(problem, samples))
+            writer.append(score_problem(problem, samples, scorer))
         out.append(writer.done[problem.uid])
     return out

@@ -124,11 +124,41 @@ def synthetic_checker(response: str, ground_truth: str) -> bool:
 register_checker(synthetic.DATA_SOURCE, synthetic_checker)
 
 
-def is_correct(response: str, ground_truth: str, data_source: str | None = None) -> bool:
-    """Whether ``response`` answers ``ground_truth`` correctly, by the checker of ``data_source``.
+# How a response is judged, one vocabulary with the training reward's ``scorer`` key:
+#   dapo  - exactly the training reward (reweight.reward.compute_score) with DAPO's rule (the default)
+#   verl  - the training reward with verl 0.9.1's lenient math_dapo (\boxed{} fallback)
+#   boxed - the last \boxed{} verified with math_verify (the checker registry)
+# For data sources the training reward scores itself (the synthetic task, DAPO-Math and its
+# validation sets) ``dapo`` / ``verl`` call that reward function, so evaluation and training agree by
+# construction; other sources have no training rule here and are scored by the checker registry.
+SCORERS = ("dapo", "verl", "boxed")
+DEFAULT_SCORER = "dapo"
 
-    ``data_source`` None or unregistered → the math checker (last ``\\boxed{}`` + math_verify).
+
+def check_scorer(scorer: str) -> str:
+    if scorer not in SCORERS:
+        raise ValueError(f"scorer={scorer!r} is not known; choose one of {list(SCORERS)}")
+    return scorer
+
+
+def is_correct(response: str, ground_truth: str, data_source: str | None = None, scorer: str = DEFAULT_SCORER) -> bool:
+    """Whether ``response`` answers ``ground_truth`` correctly for ``data_source`` under ``scorer``.
+
+    ``dapo`` / ``verl``: the training reward's ``acc`` where the training reward knows the source;
+    ``boxed``, or a source the training reward does not know: the checker registered for
+    ``data_source`` (None or unregistered: the math checker, last ``\\boxed{}`` + math_verify).
     """
+    check_scorer(scorer)
     if response is None:
         return False
+    if scorer != "boxed" and data_source in _reward_sources():
+        from reweight.reward import compute_score
+
+        return bool(compute_score(data_source, str(response), str(ground_truth), scorer=scorer)["acc"])
     return bool(get_checker(data_source)(str(response), str(ground_truth)))
+
+
+def _reward_sources() -> tuple[str, ...]:
+    from reweight.reward import MATH_SOURCES
+
+    return (synthetic.DATA_SOURCE, *MATH_SOURCES)
