@@ -7,7 +7,8 @@ lets through silently or only reports from inside a Ray worker, minutes into a j
   ``reward_model.overlong_buffer``, ...): refused, with the key to write instead;
 - loss_mode ``reweight`` without our config class (verl's ``PolicyLossConfig`` has no
   scheme/alpha/prob_source), our config class with another loss_mode, bad scheme/alpha/prob_source;
-- a loss_mode that is not registered in this process (our plugin did not load).
+- a loss_mode that is not registered in this process (our plugin did not load);
+- an unknown math scorer for our reward function (``reward.custom_reward_function.reward_kwargs.scorer``).
 """
 
 from __future__ import annotations
@@ -85,7 +86,23 @@ def check_policy_loss(cfg: DictConfig) -> Any:
         raise ConfigError(f"{POLICY_LOSS}: {cause}") from e
 
 
+SCORER_KEY = "reward.custom_reward_function.reward_kwargs.scorer"
+
+
+def check_reward_scorer(cfg: DictConfig) -> None:
+    """Refuse an unknown ``scorer`` for our reward function (it would fail only in the reward workers)."""
+    from reweight.reward import SCORERS
+
+    path = str(OmegaConf.select(cfg, "reward.custom_reward_function.path", default="") or "")
+    scorer = OmegaConf.select(cfg, SCORER_KEY, default=None)
+    if scorer is None or not path.endswith("reweight.reward"):
+        return
+    if scorer not in SCORERS:
+        raise ConfigError(f"{SCORER_KEY}={scorer!r}: not a math scorer of reweight.reward; choose one of {', '.join(SCORERS)}")
+
+
 def check_config(cfg: DictConfig) -> None:
     """All of the driver-side checks above, in order; raises :class:`ConfigError`."""
     check_legacy_reward_keys(cfg)
     check_policy_loss(cfg)
+    check_reward_scorer(cfg)

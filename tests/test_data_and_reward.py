@@ -127,3 +127,83 @@ def test_question_splits_are_disjoint_and_draws_stay_in_their_split():
     assert 0.25 < counts["test"] / len(questions) < 0.45
     with pytest.raises(ValueError, match="split='holdout'"):
         make_split_problems(1, 0, (1,), "holdout")
+# ------------------------------------------------------------------------------ the math scorers
+
+PAPER_PRESETS = ["dapo", "dapo_reweight", "qwen25_math_7b_dapo", "qwen25_math_7b_reweight",
+                 "qwen3_8b_base_dapo", "qwen3_8b_base_reweight"]
+LONG_TAIL = "\nCheck: " + "the steps above are consistent. " * 12  # > 300 characters after the answer
+
+# (response, ground truth, reward under DAPO's rule, reward under verl 0.9.1's math_dapo), derived by
+# hand from the rules: DAPO reads only the last `Answer:` line of the last 300 characters and normalises
+# it (strips $...$, \text{}, \boxed{}, expands \frac12); verl falls back to the last \boxed{} in the
+# last 100 characters, compared verbatim, when there is no `Answer:` line at all.
+SCORER_TABLE = [
+    ("Answer-line", "Some steps.\nAnswer: 42", "42", 1.0, 1.0),
+    ("Answer-line, dollars", "Steps.\nAnswer: $42$", "42", 1.0, 1.0),
+    ("Answer-line, boxed inside", "Steps.\nAnswer: \\boxed{42}", "42", 1.0, 1.0),
+    ("last Answer-line wins", "Answer: 41\nNo, recheck.\nAnswer: 42", "42", 1.0, 1.0),
+    ("boxed-only", "So the sum is \\boxed{42}.", "42", -1.0, 1.0),
+    ("both, agreeing", "Thus \\boxed{42}.\nAnswer: 42", "42", 1.0, 1.0),
+    ("both, Answer right", "Thus \\boxed{41}.\nAnswer: 42", "42", 1.0, 1.0),
+    ("both, boxed right", "Answer: 41\nActually \\boxed{42}.", "42", -1.0, -1.0),
+    ("wrong Answer-line", "Steps.\nAnswer: 41", "42", -1.0, -1.0),
+    ("wrong boxed-only", "So \\boxed{41}.", "42", -1.0, -1.0),
+    ("malformed: no colon", "Steps.\nAnswer 42", "42", -1.0, -1.0),
+    ("malformed: unclosed box", "So \\boxed{42", "42", -1.0, -1.0),
+    ("malformed: empty", "", "42", -1.0, -1.0),
+    ("answer too far from the end", "Answer: 42" + LONG_TAIL, "42", -1.0, -1.0),
+    ("fraction, Answer-line", "Steps.\nAnswer: $\\frac{1}{2}$", "\\frac{1}{2}", 1.0, 1.0),
+    ("fraction, shorthand", "Steps.\nAnswer: \\frac12", "\\frac{1}{2}", 1.0, 1.0),
+    ("fraction, boxed-only", "Hence \\boxed{\\frac{1}{2}}", "\\frac{1}{2}", -1.0, 1.0),
+    ("fraction, dfrac boxed-only", "Hence \\boxed{\\dfrac{1}{2}}", "\\frac{1}{2}", -1.0, -1.0),
+    ("fraction, not simplified", "Steps.\nAnswer: 2/4", "\\frac{1}{2}", -1.0, -1.0),
+]
+
+
+def _preset_reward_fn(name, overrides=()):
+    from verl.trainer.ppo.reward import get_custom_reward_fn
+
+    from reweight.train import compose_config
+
+    model = ["actor_rollout_ref.model.path=/m"] if name in ("dapo", "dapo_reweight") else []
+    return get_custom_reward_fn(compose_config(name, model + list(overrides)))
+
+
+@pytest.mark.parametrize("name", PAPER_PRESETS)
+def test_presets_score_math_with_dapos_rule_and_verl_on_request(name):
+    """Through verl's own loader, as the reward workers load it: dapo by default, verl when selected."""
+    from reweight.data.synthetic import DATA_SOURCE
+
+    fns = {"dapo": _preset_reward_fn(name),
+           "verl": _preset_reward_fn(name, ["reward.custom_reward_function.reward_kwargs.scorer=verl"])}
+    for case, response, truth, *expected in SCORER_TABLE:
+        for (scorer, fn), want in zip(fns.items(), expected):
+            for source in ("math_dapo", "aime24", "amc"):
+                got = fn(data_source=source, solution_str=response, ground_truth=truth, extra_info={})
+                assert (got["score"], got["acc"]) == (want, want > 0), (scorer, case, source, got)
+        # the synthetic task keeps its exact checker whatever the scorer
+    for fn in fns.values():
+        assert fn(data_source=DATA_SOURCE, solution_str="So \\boxed{42}", ground_truth="42")["score"] == 1.0
+        assert fn(data_source=DATA_SOURCE, solution_str="Answer: 42", ground_truth="42")["score"] == -1.0
+
+
+def test_verl_scorer_is_verls_math_dapo():
+    from verl.utils.reward_score import math_dapo
+
+    for _, response, truth, *_ in SCORER_TABLE:
+        ours = compute_score("math_dapo", response, truth, scorer="verl")
+        assert (ours["score"], ours["acc"]) == (math_dapo.compute_score(response, truth)["score"],
+                                                math_dapo.compute_score(response, truth)["acc"])
+
+
+def test_unknown_scorer_refused_naming_the_key():
+    from reweight.checks import ConfigError, check_config
+    from reweight.reward import SCORERS
+    from reweight.train import compose_config
+
+    assert SCORERS == ("dapo", "verl")
+    with pytest.raises(ValueError, match=r"scorer.*'lenient'"):
+        compute_score("math_dapo", "Answer: 1", "1", scorer="lenient")
+    cfg = compose_config("dapo", ["actor_rollout_ref.model.path=/m", "reward.custom_reward_function.reward_kwargs.scorer=lenient"])
+    with pytest.raises(ConfigError, match=r"reward\.custom_reward_function\.reward_kwargs\.scorer='lenient'"):
+        check_config(cfg)

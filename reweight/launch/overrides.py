@@ -2,7 +2,7 @@
 
 A sweep is written exactly as for ``python -m verl.trainer.main_ppo --multirun``::
 
-    actor_rollout_ref.actor.policy_loss.scheme=none,low_prob  seed=range(1,4)  alpha=choice(0.1,0.2)
+    actor_rollout_ref.actor.policy_loss.scheme=none,low_prob  seed=range(1,4)  actor_rollout_ref.actor.policy_loss.alpha=choice(0.1,0.2)
 
 and expands to the Cartesian product of its discrete sweeps (Hydra's ``BasicSweeper`` order: the first
 swept key varies slowest). Each point is a plain list of overrides that ``reweight-train`` accepts.
