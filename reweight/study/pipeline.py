@@ -1,0 +1,432 @@
+"""Running a study: validate every run, then train, evaluate, analyse and report, resumably.
+
+Layout of ``OUT``::
+
+    study.json                       the settings (a rerun with other settings is refused)
+    runs/<arm>/s<seed>/              one training run: checkpoints/, metrics.jsonl (verl's file logger), train.log
+    eval/base.jsonl, eval/<arm>/s<seed>.jsonl     reweight-eval results (n samples per test problem)
+    support/<arm>/s<seed>.json       Invisible Leash support / entropy of the trained model vs the base
+    analysis/<arm>/                  reweight-analyze: Δlog p, entropy, KL of the base vs the arm's model (first seed)
+    decode/dapo/, decode/best/       reweight-decode sweeps: replacement (Fig. 1c) and extrapolation (Fig. 4)
+    logs/<step>.log                  the full output of every step
+    steps/<step>.json                a finished step (what a rerun skips)
+    report.md, report.json, *.png    :mod:`reweight.study.report`
+
+Every step calls the same library or CLI function a user would (``reweight-train`` in a subprocess, the
+``reweight-eval`` / ``reweight-analyze`` / ``reweight-decode`` entry points in process), so a study
+exercises exactly the tools it reports on. A killed study loses at most the step in flight: each tool
+resumes within its step, and finished steps are skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reweight.io import write_json_atomic
+from reweight.study.spec import BASELINE_ARM, StudyInputError, StudySpec
+
+LAUNCHERS = ("local", "ray", "slurm")
+SEED_KEY = "seed"
+FILE_LOGGER_ENV = "++ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH"
+
+
+class StudyStepError(RuntimeError):
+    """A step of the study failed; the message names the step and its log."""
+
+
+@dataclass
+class Run:
+    """One training run: an arm at a seed, its overrides and where it writes."""
+
+    arm: str
+    seed: int
+    overrides: list[str]
+    root: Path
+    total_steps: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.arm}/s{self.seed}"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+
+@dataclass
+class Step:
+    key: str  # unique, file-name safe
+    kind: str  # train | eval | support | analysis | decode
+    label: str
+    action: Callable[[], dict[str, Any] | None]
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in text)
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def latest_step(checkpoints: Path) -> int:
+    """The step of the newest verl checkpoint under ``checkpoints`` (0 if none), as verl's tracker file says."""
+    tracker = checkpoints / "latest_checkpointed_iteration.txt"
+    try:
+        return int(tracker.read_text().strip())
+    except (OSError, ValueError):
+        return 0
+
+
+class Study:
+    """A study in ``out``: :meth:`prepare` validates everything, :meth:`run` executes the plan."""
+
+    def __init__(
+        self,
+        spec: StudySpec,
+        out: str | os.PathLike,
+        *,
+        launch: str = "local",
+        overwrite: bool = False,
+        log: Callable[[str], None] = print,
+        launch_options: dict[str, Any] | None = None,
+    ):
+        if launch not in LAUNCHERS:
+            raise StudyInputError(f"--launch {launch!r}: choose one of {list(LAUNCHERS)}")
+        self.spec, self.out, self.launch, self.overwrite, self.log = spec, Path(out), launch, overwrite, log
+        self.launch_options = dict(launch_options or {})
+        self.runs: list[Run] = []
+        self.base_model = ""
+        self.test_data = ""
+        self.max_new_tokens = 0
+
+    # ------------------------------------------------------------------------------------ validation
+
+    def _compose(self, overrides: Sequence[str], where: str):
+        """Compose and pre-flight one training config as ``reweight-train --dry-run`` would."""
+        from reweight.train import compose_config, prepare
+
+        try:
+            cfg = compose_config(self.spec.config_name, list(overrides))
+            with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # verl's notes (e.g. "Disabled critic") would repeat per run
+                prepare(cfg, dry_run=True)
+        except Exception as err:  # Hydra, our checks and verl's validation all mean: this run cannot start
+            root = err
+            while root.__cause__ is not None:
+                root = root.__cause__
+            message = str(root) or str(err) or type(err).__name__
+            raise StudyInputError(f"{where}: {message.splitlines()[0]}") from err
+        return cfg
+
+    def prepare(self, write: bool = True) -> None:
+        """Check the settings, the output directory and every run's config; nothing is trained here.
+
+        ``write``: record the settings in ``OUT/study.json`` (not for a dry run).
+        """
+        from omegaconf import OmegaConf
+
+        spec = self.spec
+        spec.check()
+        self._check_out_dir()
+        for arm, arm_overrides in spec.arms.items():
+            overrides = [*spec.overrides, *arm_overrides]
+            if spec.train_steps is not None:
+                overrides.append(f"trainer.total_training_steps={spec.train_steps}")
+            cfg = self._compose([*overrides, f"{SEED_KEY}={spec.seeds[0]}"], f"arm {arm!r} (overrides {arm_overrides})")
+            total = int(cfg.trainer.total_training_steps or 0)
+            if total < 1:
+                raise StudyInputError(f"arm {arm!r}: trainer.total_training_steps must be set (got {total})")
+            loggers = OmegaConf.select(cfg, "trainer.logger", default=[]) or []
+            loggers = [loggers] if isinstance(loggers, str) else list(loggers)
+            if not self.base_model:
+                self.base_model = str(cfg.actor_rollout_ref.model.path)
+                self.max_new_tokens = int(spec.max_new_tokens or cfg.data.max_response_length)
+                self.test_data = self._test_data(cfg)
+            for seed in spec.seeds:
+                root = self.out / "runs" / arm / f"s{seed}"
+                run_overrides = [
+                    *overrides,
+                    f"{SEED_KEY}={seed}",
+                    f"trainer.default_local_dir={root / 'checkpoints'}",
+                    f"trainer.experiment_name={_slug(self.out.name)}-{arm}-s{seed}",
+                    f"trainer.logger=[{','.join(dict.fromkeys([*loggers, 'file']))}]",
+                    f"{FILE_LOGGER_ENV}={root / 'metrics.jsonl'}",
+                ]
+                if int(cfg.trainer.save_freq or 0) <= 0:  # the final model must be saved to be evaluated
+                    run_overrides.append(f"trainer.save_freq={total}")
+                self._compose(run_overrides, f"arm {arm!r} (seed {seed})")
+                self.runs.append(Run(arm, seed, run_overrides, root, total))
+        if write:
+            self._write_settings()
+
+    def _test_data(self, cfg) -> str:
+        if self.spec.test_data:
+            path = Path(self.spec.test_data).expanduser()
+            if not path.is_file():
+                raise StudyInputError(f"--test-data {self.spec.test_data!r} does not exist")
+            return str(path)
+        from reweight.embedded import cache_root
+
+        val = Path(str(cfg.data.val_files))
+        if cache_root() in val.parents and (val.parent / "test.parquet").is_file():
+            return str(val.parent / "test.parquet")
+        raise StudyInputError(
+            f"config {self.spec.config_name!r} has no embedded test split: give the evaluation problems with --test-data"
+        )
+
+    def _settings(self) -> dict[str, Any]:
+        return {"spec": self.spec.fingerprint(), "digest": self.spec.digest()}
+
+    def _check_out_dir(self) -> None:
+        path = self.out / "study.json"
+        if not path.exists():
+            return
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise StudyInputError(f"{path}: unreadable study settings ({err}); use --overwrite to start afresh") from err
+        if old.get("digest") == self.spec.digest():
+            return
+        if not self.overwrite:
+            changed = sorted(k for k, v in self.spec.fingerprint().items() if old.get("spec", {}).get(k) != v)
+            raise StudyInputError(
+                f"{self.out} holds a study with other settings (differ: {', '.join(changed) or 'format'}); "
+                "use another --out, or --overwrite to discard its results"
+            )
+        for name in ("runs", "eval", "support", "analysis", "decode", "logs", "steps", "slurm"):
+            shutil.rmtree(self.out / name, ignore_errors=True)
+        path.unlink()
+
+    def _write_settings(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        settings = {
+            **self._settings(), "launch": self.launch, "base_model": self.base_model, "test_data": self.test_data,
+            "max_new_tokens": self.max_new_tokens,
+            "runs": [{"arm": r.arm, "seed": r.seed, "overrides": r.overrides, "total_steps": r.total_steps} for r in self.runs],
+        }
+        write_json_atomic(self.out / "study.json", settings, indent=1)
+
+    # ------------------------------------------------------------------------------------------ steps
+
+    def model_of(self, run: Run) -> str:
+        """The run's final model as an HF directory (exported from the verl checkpoint once, cached)."""
+        from reweight.models import resolve_model_path
+
+        return resolve_model_path(str(run.checkpoints))
+
+    def first_run(self, arm: str) -> Run:
+        return next(r for r in self.runs if r.arm == arm)
+
+    def eval_path(self, run: Run | None) -> Path:
+        return self.out / "eval" / ("base.jsonl" if run is None else f"{run.arm}/s{run.seed}.jsonl")
+
+    def steps(self) -> list[Step]:
+        spec = self.spec
+        steps = [Step(f"train_{r.arm}_s{r.seed}", "train", f"train {r.name}", lambda r=r: self.train(r)) for r in self.runs]
+        steps.append(Step("eval_base", "eval", "evaluate base", lambda: self.evaluate(None)))
+        steps += [Step(f"eval_{r.arm}_s{r.seed}", "eval", f"evaluate {r.name}", lambda r=r: self.evaluate(r)) for r in self.runs]
+        steps += [Step(f"support_{r.arm}_s{r.seed}", "support", f"support {r.name}", lambda r=r: self.support(r)) for r in self.runs]
+        steps += [Step(f"analysis_{a}", "analysis", f"direction analysis {a}", lambda a=a: self.analyse(a)) for a in spec.arms]
+        steps.append(Step("decode_dapo", "decode", "replacement + extrapolation sweep, dapo", lambda: self.decode("dapo", BASELINE_ARM)))
+        if len(spec.arms) > 1:
+            steps.append(Step("decode_best", "decode", "extrapolation sweep, best reweighted arm", lambda: self.decode("best", None)))
+        return steps
+
+    def _tool(self, key: str, main: Callable[[list[str]], int | None], argv: list[str]) -> None:
+        """Run a CLI entry point in process with its output in ``logs/<key>.log``; raise if it fails."""
+        log_path = self.out / "logs" / f"{key}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "a") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
+            print(f"$ {' '.join(shlex.quote(a) for a in argv)}", flush=True)
+            try:
+                rc = main(argv)
+            except SystemExit as e:  # argparse / parser.exit
+                rc = e.code if isinstance(e.code, int) else 1
+        if rc not in (0, None):
+            tail = "".join(log_path.read_text().splitlines(keepends=True)[-5:])
+            raise StudyStepError(f"step {key} failed (exit {rc}); log: {log_path}\n{tail}")
+
+    def train(self, run: Run) -> dict[str, Any]:
+        if latest_step(run.checkpoints) >= run.total_steps:
+            return {"steps": run.total_steps, "note": "checkpoint already final"}
+        run.root.mkdir(parents=True, exist_ok=True)
+        if run.metrics.exists():  # verl's file logger truncates: keep an interrupted attempt's records
+            k = len(list(run.root.glob("metrics.part*.jsonl")))
+            run.metrics.rename(run.root / f"metrics.part{k}.jsonl")
+        if self.launch == "local":
+            self._train_local(run)
+        else:
+            self._train_cluster(run)
+        got = latest_step(run.checkpoints)
+        if got < run.total_steps:
+            raise StudyStepError(f"train {run.name}: finished without a step-{run.total_steps} checkpoint (latest: {got}); log: {run.root / 'train.log'}")
+        return {"steps": got}
+
+    def train_command(self, run: Run) -> list[str]:
+        cmd = [sys.executable, "-m", "reweight.train"]
+        if self.spec.config_name != "embedded":
+            cmd += ["--config-name", self.spec.config_name]
+        return cmd + run.overrides
+
+    def _train_local(self, run: Run) -> None:
+        with open(run.root / "train.log", "a") as fh:
+            fh.write(f"\n$ {shlex.join(self.train_command(run))}\n")
+            fh.flush()
+            proc = subprocess.run(self.train_command(run), stdout=fh, stderr=subprocess.STDOUT, cwd=run.root, stdin=subprocess.DEVNULL)
+        if proc.returncode != 0:
+            tail = "".join((run.root / "train.log").read_text().splitlines(keepends=True)[-8:])
+            raise StudyStepError(f"train {run.name} failed (exit {proc.returncode}); log: {run.root / 'train.log'}\n{tail}")
+
+    def _train_cluster(self, run: Run) -> None:
+        from reweight.study.cluster import train_on_cluster
+
+        train_on_cluster(self, run, dry_run=False)
+
+    def evaluate(self, run: Run | None) -> dict[str, Any]:
+        from reweight.evaluation.cli import main
+
+        spec = self.spec
+        model = self.base_model if run is None else self.model_of(run)
+        out = self.eval_path(run)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        argv = [
+            "sample", "--model", model, "--data", self.test_data, "--out", str(out), "--n", str(spec.n),
+            "--temperature", str(spec.temperature), "--top-p", str(spec.top_p), "--max-new-tokens", str(self.max_new_tokens),
+            "--scorer", spec.scorer, "--batch-size", str(max(64, spec.n)), "--seed", "0", "--no-progress",
+        ]
+        self._tool("eval_base" if run is None else f"eval_{run.arm}_s{run.seed}", main, argv)
+        return {"results": str(out.relative_to(self.out))}
+
+    def support(self, run: Run) -> dict[str, Any]:
+        from reweight.evaluation.cli import main
+
+        out = self.out / "support" / run.arm / f"s{run.seed}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        argv = [
+            "support", "--base-model", self.base_model, "--rl-model", self.model_of(run),
+            "--base-results", str(self.eval_path(None)), "--rl-results", str(self.eval_path(run)), "--out", str(out),
+            "--no-progress",
+        ]
+        if self.spec.support_k is not None:
+            argv += ["--k", str(self.spec.support_k)]
+        self._tool(f"support_{run.arm}_s{run.seed}", main, argv)
+        return {"support": str(out.relative_to(self.out))}
+
+    def _prompt_subset(self, limit: int) -> Path:
+        """The first ``limit`` test problems as a parquet (the direction analysis reads a whole file)."""
+        import pandas as pd
+
+        from reweight.io import write_parquet_atomic
+
+        path = self.out / "analysis" / f"prompts_{limit}.parquet"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_parquet_atomic(path, pd.read_parquet(self.test_data).head(limit))
+        return path
+
+    def analyse(self, arm: str) -> dict[str, Any]:
+        from reweight.analysis.cli import main
+
+        spec = self.spec
+        out = self.out / "analysis" / arm
+        argv = [
+            "--base-model", self.base_model, "--rl-model", self.model_of(self.first_run(arm)),
+            "--prompts", str(self._prompt_subset(spec.analysis_prompts)), "--generate-with", "base,rl",
+            "--samples-per-prompt", str(spec.analysis_samples), "--max-new-tokens", str(self.max_new_tokens),
+            "--temperature", str(spec.temperature), "--num-workers", "1", "--out", str(out), "--no-progress",
+        ]
+        self._tool(f"analysis_{arm}", main, argv)
+        return {"analysis": str(out.relative_to(self.out))}
+
+    def best_reweighted_arm(self) -> str:
+        """The non-baseline arm with the highest avg@n (mean over seeds), from the evaluation results."""
+        from reweight.evaluation.records import read_results
+
+        def score(arm: str) -> float:
+            accs = []
+            for r in self.runs:
+                if r.arm == arm:
+                    results = read_results(self.eval_path(r))[1]
+                    accs.append(sum(sum(p.correct) / p.n for p in results) / len(results))
+            return sum(accs) / len(accs)
+
+        return max((a for a in self.spec.arms if a != BASELINE_ARM), key=score)
+
+    def decode(self, label: str, arm: str | None) -> dict[str, Any]:
+        from reweight.decoding.cli import main
+
+        spec = self.spec
+        arm = arm or self.best_reweighted_arm()
+        out = self.out / "decode" / label
+        argv = [
+            "sweep", "--base", self.base_model, "--rl", self.model_of(self.first_run(arm)), "--data", self.test_data,
+            "--limit", str(spec.decode_prompts), "--n", str(spec.decode_n), "--max-new-tokens", str(self.max_new_tokens),
+            "--temperature", str(spec.temperature), "--top-p", str(spec.decode_top_p), "--out", str(out),
+            "--extrapolate-tau", str(spec.extrapolate_tau), "--gammas", ",".join(str(g) for g in spec.gammas),
+            "--no-progress",
+        ]
+        if label == "dapo":  # the full replacement grid (Fig. 1c) on the DAPO model; Fig. 4 only on the best arm
+            for criterion, taus in spec.grids.items():
+                argv += ["--grid", f"{criterion}=" + ",".join(str(t) for t in taus)]
+        else:
+            argv += ["--grid", f"logp_diff={spec.extrapolate_tau}"]
+        self._tool(f"decode_{label}", main, argv)
+        return {"arm": arm, "sweep": str(out.relative_to(self.out))}
+
+    # -------------------------------------------------------------------------------------------- run
+
+    def run(self, steps: Sequence[Step] | None = None) -> None:
+        """Execute every unfinished step in order, one progress line per finished step, then the report."""
+        from reweight.study.report import write_report
+
+        steps = list(steps if steps is not None else self.steps())
+        done_dir = self.out / "steps"
+        done_dir.mkdir(parents=True, exist_ok=True)
+        pending = [s for s in steps if not (done_dir / f"{s.key}.json").exists()]
+        if len(pending) < len(steps):
+            self.log(f"[study] {len(steps) - len(pending)} of {len(steps)} steps already done in {self.out}; resuming")
+        t0 = time.time()
+        durations: dict[str, list[float]] = {}
+        for i, step in enumerate(pending, 1):
+            t = time.time()
+            info = step.action() or {}
+            took = time.time() - t
+            durations.setdefault(step.kind, []).append(took)
+            write_json_atomic(done_dir / f"{step.key}.json", {"label": step.label, "seconds": round(took, 1), **info})
+            self.log(
+                f"[study] {len(steps) - len(pending) + i}/{len(steps)} {step.label}: {_hms(took)} | "
+                f"elapsed {_hms(time.time() - t0)} | left ~{self._eta(pending[i:], durations)}"
+            )
+        paths = write_report(self)
+        self.log(f"[study] report: {paths['report.md']}")
+
+    @staticmethod
+    def _eta(remaining: Sequence[Step], durations: dict[str, list[float]]) -> str:
+        if not remaining:
+            return "0s"
+        overall = [d for ds in durations.values() for d in ds]
+        mean = {k: sum(v) / len(v) for k, v in durations.items()}
+        fallback = sum(overall) / len(overall)
+        total = sum(mean.get(s.kind, fallback) for s in remaining)
+        unknown = sorted({s.kind for s in remaining} - set(mean))
+        return _hms(total) + (f" (guessing {', '.join(unknown)})" if unknown else "")

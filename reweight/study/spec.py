@@ -1,0 +1,151 @@
+"""What a study is: arms × seeds of real training runs on one base config, and how they are measured.
+
+An **arm** is a name and a list of Hydra overrides on top of the base config (``embedded`` by default);
+every arm is trained once per **seed** (the top-level ``seed=N`` key of our configs) and compared with
+the arm named ``dapo``. Everything that determines the study's numbers is in :class:`StudySpec`; its
+:meth:`~StudySpec.fingerprint` is stored in ``OUT/study.json`` so that a rerun with other settings is
+refused instead of mixing results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+PL = "actor_rollout_ref.actor.policy_loss"
+BASELINE_ARM = "dapo"
+
+
+def _arm(scheme: str, alpha: float | None = None, **extra: str) -> list[str]:
+    out = [f"{PL}.scheme={scheme}"]
+    if alpha is not None:
+        out.append(f"{PL}.alpha={alpha}")
+    out += [f"{PL}.{k}={v}" for k, v in extra.items()]
+    return out
+
+
+# Arm presets (``--arms NAME``). ``default``: the paper's comparison (DAPO, its weight at the two α of
+# the paper, and the opposite weighting of Yang et al.); ``literature``: the family of token weights.
+ARM_PRESETS: dict[str, dict[str, list[str]]] = {
+    "default": {
+        "dapo": _arm("none"),
+        "low_prob_0.1": _arm("low_prob", 0.1),
+        "low_prob_0.2": _arm("low_prob", 0.2),
+        "dominate_0.2": _arm("dominate", 0.2),
+    },
+    "smoke": {"dapo": _arm("none"), "low_prob": _arm("low_prob", 0.2)},
+    "literature": {
+        "dapo": _arm("none"),
+        "low_prob": _arm("low_prob", 0.2),
+        "dominate": _arm("dominate", 0.2),
+        "middle": _arm("middle", 0.2),
+        "normalize": _arm("normalize", 0.2),
+        "low_prob_positive": _arm("low_prob", 0.2, apply_to="positive"),
+        "low_prob_negative": _arm("low_prob", 0.2, apply_to="negative"),
+    },
+}
+
+# τ grids of the selective-replacement sweep (Fig. 1c) per criterion, and the γ grid of Fig. 4.
+DEFAULT_GRIDS: dict[str, list[float]] = {
+    "logp_diff": [-2.0, -1.0, -0.5, -0.3, -0.1, 0.0],
+    "entropy": [2.0, 1.0, 0.5, 0.3, 0.1],
+    "kl": [1.0, 0.5, 0.2, 0.1, 0.05],
+    "random": [0.05, 0.1, 0.2, 0.5],
+}
+DEFAULT_GAMMAS = [0.05, 0.1, 0.2, 0.5]
+SMOKE_GRIDS: dict[str, list[float]] = {"logp_diff": [-0.5, 0.0], "entropy": [1.0], "kl": [0.1], "random": [0.2]}
+
+_ARM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class StudyInputError(ValueError):
+    """A study setting that cannot work; raised before any run starts."""
+
+
+@dataclass
+class StudySpec:
+    """Every setting that determines a study's results.
+
+    Attributes:
+        config_name: base training config (``embedded``: the local tiny model and synthetic task).
+        overrides: Hydra overrides applied to every run, before the arm's own.
+        arms: arm name → Hydra overrides; must contain ``dapo`` (the baseline of every comparison).
+        seeds: values of the top-level ``seed`` key; every arm is trained once per seed.
+        train_steps: ``trainer.total_training_steps`` of every run (None: the config's).
+        test_data: evaluation problems (verl parquet); None: the embedded task's test split.
+        n: samples per test problem (avg@n, pass@k for k = 1..n).
+        temperature / top_p / max_new_tokens: evaluation sampling (None: the config's max response length).
+        scorer: how a response is judged (``dapo``: exactly the training reward; see reweight-eval).
+        bootstrap: resamples of the bootstrap intervals (problems and seeds resampled).
+        analysis_prompts / analysis_samples: test prompts and samples per prompt and model of the direction analysis.
+        decode_prompts / decode_n: test prompts and samples per prompt of the replacement / extrapolation sweeps.
+        grids: τ grid per replacement criterion (Fig. 1c); extrapolate_tau / gammas: the Fig. 4 grid.
+        decode_top_p: top-p of the decoding sweeps (the paper's 0.7).
+        support_k: sampling budget of the empirical support (None: n).
+    """
+
+    config_name: str = "embedded"
+    overrides: list[str] = field(default_factory=lambda: ["trainer.test_freq=5"])
+    arms: dict[str, list[str]] = field(default_factory=lambda: {k: list(v) for k, v in ARM_PRESETS["default"].items()})
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
+    train_steps: int | None = None
+    test_data: str | None = None
+    n: int = 32
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int | None = None
+    scorer: str = "dapo"
+    bootstrap: int = 2000
+    analysis_prompts: int = 64
+    analysis_samples: int = 2
+    decode_prompts: int = 76
+    decode_n: int = 4
+    grids: dict[str, list[float]] = field(default_factory=lambda: {k: list(v) for k, v in DEFAULT_GRIDS.items()})
+    extrapolate_tau: float = -0.3
+    gammas: list[float] = field(default_factory=lambda: list(DEFAULT_GAMMAS))
+    decode_top_p: float = 0.7
+    support_k: int | None = None
+
+    @classmethod
+    def smoke(cls, **changes: Any) -> "StudySpec":
+        """1 seed, arms ``dapo`` and ``low_prob``, 2 training steps, a handful of samples: every section, fast."""
+        base = dict(
+            overrides=["trainer.test_freq=1", "trainer.val_before_train=true"],
+            arms={k: list(v) for k, v in ARM_PRESETS["smoke"].items()},
+            seeds=[1], train_steps=2, n=4, bootstrap=200, analysis_prompts=8, analysis_samples=1,
+            decode_prompts=8, decode_n=2, grids={k: list(v) for k, v in SMOKE_GRIDS.items()}, gammas=[0.1],
+        )
+        base.update(changes)
+        return cls(**base)
+
+    def check(self) -> None:
+        """Settings that are wrong whatever the config; raises :class:`StudyInputError` naming the setting."""
+        if BASELINE_ARM not in self.arms:
+            raise StudyInputError(f"arms={sorted(self.arms)}: an arm named {BASELINE_ARM!r} (the baseline) is required")
+        for name, overrides in self.arms.items():
+            if not _ARM_NAME.match(name):
+                raise StudyInputError(f"arm name {name!r}: use letters, digits, '_', '.', '-' (it names directories)")
+            if not isinstance(overrides, list) or not all(isinstance(o, str) and "=" in o for o in overrides):
+                raise StudyInputError(f"arm {name!r}: overrides must be a list of KEY=VALUE strings, got {overrides!r}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise StudyInputError(f"seeds={self.seeds}: give one or more distinct seeds")
+        for key in ("n", "bootstrap", "analysis_prompts", "analysis_samples", "decode_prompts", "decode_n"):
+            if int(getattr(self, key)) < 1:
+                raise StudyInputError(f"{key}={getattr(self, key)} must be >= 1")
+        if self.train_steps is not None and self.train_steps < 1:
+            raise StudyInputError(f"train_steps={self.train_steps} must be >= 1")
+        if self.support_k is not None and not 1 <= self.support_k <= self.n:
+            raise StudyInputError(f"support_k={self.support_k} must be in [1, n={self.n}]")
+        from reweight.evaluation.scoring import check_scorer
+
+        check_scorer(self.scorer)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings as JSON-able data (stored in ``study.json``)."""
+        return json.loads(json.dumps(asdict(self)))
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.fingerprint(), sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,94 @@
+"""Statistics over seeds and problems: avg@n, pass@k and paired differences with bootstrap intervals.
+
+An arm's results are a ``(S, P)`` matrix per metric: S seeds (training runs) × P test problems, each
+entry the metric of one trained model on one problem (e.g. the fraction of its n samples that are
+correct). The estimate is the mean over seeds of the mean over problems. Intervals come from a
+two-level percentile bootstrap: each resample draws S seeds and P problems with replacement and
+averages the selected sub-matrix, so both sources of variation (which problems, which training run)
+are in the interval. A comparison of two arms is *paired*: the same resampled seeds and problems are
+used for both (seed s of one arm is paired with seed s of the other; the same problems), which removes
+the between-problem variance that both share.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from reweight.evaluation.metrics import pass_at_k_array
+from reweight.evaluation.records import ProblemResult
+
+
+def results_matrix(runs: Sequence[Sequence[ProblemResult]], uids: Sequence[str] | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """``(uids, n, c)``: samples ``n`` and correct ``c`` per run and problem, each ``(S, P)``.
+
+    Problems are matched by uid; every run must hold the same problems (``uids`` fixes their order).
+    """
+    if not runs:
+        raise ValueError("no runs")
+    by_run = [{r.uid: r for r in run} for run in runs]
+    uids = list(uids) if uids is not None else sorted(by_run[0])
+    for i, run in enumerate(by_run):
+        missing = [u for u in uids if u not in run]
+        if missing:
+            raise ValueError(f"run {i} lacks {len(missing)} problem(s), e.g. {missing[0]!r}")
+    n = np.array([[run[u].n for u in uids] for run in by_run], dtype=np.int64)
+    c = np.array([[sum(bool(x) for x in run[u].correct) for u in uids] for run in by_run], dtype=np.int64)
+    return uids, n, c
+
+
+def pass_at_k_matrix(n: np.ndarray, c: np.ndarray, k: int) -> np.ndarray:
+    """Unbiased pass@k per run and problem, ``(S, P)``."""
+    return np.stack([pass_at_k_array(n[s], c[s], k) for s in range(n.shape[0])])
+
+
+def _indices(rng: np.random.Generator, shape: tuple[int, int], resamples: int) -> tuple[np.ndarray, np.ndarray]:
+    s, p = shape
+    return rng.integers(0, s, size=(resamples, s)), rng.integers(0, p, size=(resamples, p))
+
+
+def _resampled_means(values: np.ndarray, seeds: np.ndarray, problems: np.ndarray) -> np.ndarray:
+    """Mean of ``values[seeds[r]][:, problems[r]]`` for each resample r, ``(R,)``."""
+    rows = values[seeds]  # (R, S, P)
+    picked = np.take_along_axis(rows, problems[:, None, :].repeat(values.shape[0], axis=1), axis=2)
+    return picked.mean(axis=(1, 2))
+
+
+def mean_ci(values: np.ndarray, resamples: int = 2000, confidence: float = 0.95, seed: int = 0) -> dict[str, float | list[float]]:
+    """``{"mean", "ci95"}`` of an ``(S, P)`` matrix: mean over all entries, two-level bootstrap interval."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 2 or 0 in values.shape:
+        raise ValueError(f"expected a non-empty (seeds, problems) matrix, got shape {values.shape}")
+    rng = np.random.default_rng(seed)
+    s_idx, p_idx = _indices(rng, values.shape, resamples)
+    means = _resampled_means(values, s_idx, p_idx)
+    lo, hi = np.quantile(means, [(1 - confidence) / 2, 1 - (1 - confidence) / 2])
+    return {"mean": float(values.mean()), "ci95": [float(lo), float(hi)]}
+
+
+def paired_difference(
+    arm: np.ndarray, baseline: np.ndarray, resamples: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> dict[str, float | list[float]]:
+    """Mean of ``arm − baseline`` over seeds and problems, with a paired two-level bootstrap interval.
+
+    Both are ``(S, P)`` on the same problems; seeds are paired by position (arm seed i with baseline
+    seed i), so both must have the same number of seeds.
+    """
+    arm, baseline = np.asarray(arm, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
+    if arm.shape != baseline.shape:
+        raise ValueError(f"paired difference of shapes {arm.shape} and {baseline.shape}: same seeds and problems needed")
+    out = mean_ci(arm - baseline, resamples, confidence, seed)
+    return {"delta": out["mean"], "ci95": out["ci95"]}
+
+
+def verdict(name: str, baseline: str, delta: float, ci: Sequence[float], unit: float = 100.0) -> str:
+    """One sentence from a paired difference: better, worse, or no difference resolved at this budget."""
+    lo, hi = ci
+    d, a, b = delta * unit, lo * unit, hi * unit
+    text = f"{d:+.1f} points avg@n vs {baseline} (95% CI [{a:+.1f}, {b:+.1f}])"
+    if lo > 0:
+        return f"**{name} beats {baseline}**: {text}."
+    if hi < 0:
+        return f"**{name} is worse than {baseline}**: {text}."
+    return f"**{name}: no difference from {baseline} resolved** at this budget: {text}; the interval includes 0."
