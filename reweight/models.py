@@ -5,7 +5,8 @@ loads it through this module, so all of them accept the same kinds of path and m
 
 **Model paths** (:func:`resolve_model_path`). A path may name
 
-* a Hugging Face model directory (it holds ``config.json``): used as is;
+* a Hugging Face directory (it holds ``config.json``, or ``tokenizer_config.json`` for a tokenizer alone):
+  used as is;
 * a verl FSDP checkpoint: a step directory ``.../global_step_N`` (holding ``actor/``), its ``actor/``
   directory, or an experiment directory (verl's ``trainer.default_local_dir``, holding
   ``latest_checkpointed_iteration.txt`` and/or ``global_step_N`` directories), which means its latest
@@ -85,7 +86,7 @@ EXPORT_DIR = "hf_export"  # beside verl's files in global_step_N/actor/
 EXPORT_MARKER = "reweight_export.json"  # in the export: the checkpoint files it was made from
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
 _EXPECTED = (
-    "expected a Hugging Face model directory (with config.json) or a verl FSDP checkpoint: a global_step_N "
+    "expected a Hugging Face directory (with config.json or tokenizer_config.json) or a verl FSDP checkpoint: a global_step_N "
     "directory holding actor/, or an experiment directory holding latest_checkpointed_iteration.txt or "
     "global_step_N directories"
 )
@@ -97,6 +98,11 @@ def _looks_local(path: str) -> bool:
         return True
     parts = re.split(r"[/\\]", path)
     return len(parts) > 2 or (len(parts) == 2 and not all(parts))
+
+
+def _is_hf_dir(directory: Path) -> bool:
+    """A Hugging Face model (``config.json``) or tokenizer-only (``tokenizer_config.json``) directory."""
+    return (directory / "config.json").is_file() or (directory / "tokenizer_config.json").is_file()
 
 
 def _has_weights(directory: Path) -> bool:
@@ -161,7 +167,7 @@ def resolve_model_path(path: str | os.PathLike) -> str:
         return text  # a hub id such as Qwen/Qwen2.5-Math-7B
     if not local.is_dir():
         raise ValueError(f"model path {text!r} is a file; {_EXPECTED}")
-    if (local / "config.json").is_file() and (_has_weights(local) or not _is_actor_dir(local.parent)):
+    if _is_hf_dir(local) and (_has_weights(local) or not _is_actor_dir(local.parent)):
         return str(local)
     actor = _actor_dir(local)
     if actor is None:
@@ -366,7 +372,7 @@ def check_same_tokenizer(tok_base, tok_rl, base_name: str = "base", rl_name: str
         raise TokenizerMismatchError(
             f"the base model {base_name!r} and the RL model {rl_name!r} do not share a tokenizer: "
             + "; ".join(problems)
-            + ". The two models are compared token by token, so both must use the same tokenizer."
+            + ". Their probabilities are compared token by token, so the two models must share a tokenizer."
         )
 
 
