@@ -14,10 +14,10 @@ from PIL import Image
 import reweight.analysis.shards as shards_mod
 from reweight.analysis import METRIC_NAMES, token_metrics
 from reweight.analysis.cli import main
-from reweight.analysis.models import TokenizerMismatchError, check_same_tokenizer
 from reweight.analysis.pipeline import AnalysisConfig, run_analysis
 from reweight.analysis.report import HIST_METRICS, histogram_figure
 from reweight.data.synthetic import make_problems
+from reweight.models import TokenizerMismatchError, check_same_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ import sys
 from reweight.analysis.metrics import METRIC_NAMES
 from reweight.analysis.pipeline import AnalysisConfig, run_analysis
 from reweight.analysis.report import DEFAULT_THRESHOLDS, HIST_METRICS
+from reweight.models import DTYPE_CHOICES
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -39,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n\n", 1)[1],
     )
-    p.add_argument("--base-model", required=True, help="base model: HF hub id or local directory")
-    p.add_argument("--rl-model", required=True, help="RLVR model: HF hub id or local directory (same tokenizer)")
+    p.add_argument("--base-model", required=True, help="base model: HF hub id, HF directory or verl checkpoint dir")
+    p.add_argument("--rl-model", required=True, help="RLVR model: HF hub id, HF directory or verl checkpoint dir (same tokenizer)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--responses", help="parquet/jsonl with a prompt and a response per row")
     src.add_argument("--prompts", help="parquet/jsonl with prompts; responses are generated (see --generate-with)")
@@ -63,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-tokens", type=int, default=16384, help="padded tokens per scoring batch")
     g.add_argument("--max-batch-size", type=int, default=64)
     g.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:N")
-    g.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"], help="weights dtype")
+    g.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="weights dtype (auto: bf16 on GPU, fp32 on CPU)")
     g.add_argument("--num-workers", type=int, default=None, help="Ray workers (default: number of GPUs, else 1)")
     g.add_argument("--shard-size", type=int, default=256, help="responses per shard (the unit of resumption)")
     g.add_argument("--overwrite", action="store_true", help="discard finished shards of a different job in --out")

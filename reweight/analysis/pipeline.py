@@ -20,7 +20,6 @@ from pathlib import Path
 
 from reweight.analysis.data import digest_items, generation_items, read_table, response_items
 from reweight.analysis.metrics import METRIC_NAMES
-from reweight.analysis.models import check_model_vocab, check_same_tokenizer, load_tokenizer
 from reweight.analysis.report import (
     DEFAULT_THRESHOLDS,
     HIST_METRICS,
@@ -32,6 +31,7 @@ from reweight.analysis.report import (
 )
 from reweight.analysis.shards import ShardSettings, run_shards, split_into_shards
 from reweight.io import write_json_atomic
+from reweight.models import check_model_vocab, load_shared_tokenizer
 
 MANIFEST_VERSION = 1
 
@@ -134,9 +134,7 @@ def run_analysis(cfg: AnalysisConfig) -> dict:
     input_path = cfg.responses or cfg.prompts
     table = read_table(input_path)  # errors for a missing or unreadable file come first
 
-    tok_base = load_tokenizer(cfg.base_model)
-    tok_rl = load_tokenizer(cfg.rl_model)
-    check_same_tokenizer(tok_base, tok_rl, cfg.base_model, cfg.rl_model)
+    tok_base = load_shared_tokenizer(cfg.base_model, cfg.rl_model)  # a verl checkpoint is exported here, once
     vocab_limit = len(tok_base)
     check_model_vocab(cfg.base_model, vocab_limit, "base")
     check_model_vocab(cfg.rl_model, vocab_limit, "RL")

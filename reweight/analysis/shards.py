@@ -18,8 +18,8 @@ import torch
 
 from reweight.analysis.data import WorkItem
 from reweight.analysis.metrics import METRIC_NAMES, check_head_path, token_metrics
-from reweight.analysis.models import load_model, load_tokenizer, pick_device, pick_dtype
 from reweight.io import write_parquet_atomic
+from reweight.models import load_model, load_tokenizer, pick_device, pick_dtype
 
 TOKEN_SCHEMA = pa.schema(
     [

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Sequence
 
 from reweight.decoding.criteria import CRITERIA
-from reweight.decoding.decoder import MODES, DecodeConfig, TwoModelDecoder, check_same_tokenizer
+from reweight.decoding.decoder import MODES, DecodeConfig, TwoModelDecoder
+from reweight.models import DTYPE_CHOICES, load_model, load_shared_tokenizer
 
 
 def _floats(text: str, what: str) -> list[float]:
@@ -62,8 +63,8 @@ def _parse_grids(items: Sequence[str] | None) -> dict[str, list[float]] | None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--base", required=True, help="base model (HF path or directory)")
-    p.add_argument("--rl", required=True, help="RL model (HF path or directory), same tokenizer as --base")
+    p.add_argument("--base", required=True, help="base model: HF hub id, HF directory or verl checkpoint dir")
+    p.add_argument("--rl", required=True, help="RL model: HF hub id, HF directory or verl checkpoint dir; same tokenizer as --base")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=0.7)
     p.add_argument("--max-new-tokens", type=int, default=1024)
@@ -72,10 +73,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="sequences decoded together")
     p.add_argument("--limit", type=int, default=None, help="use only the first N prompts of --data")
     p.add_argument("--no-chat-template", action="store_true", help="feed prompt text without the chat template")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="model dtype (default: bfloat16 on cuda, float32 on cpu)")
-    p.add_argument("--stop-token-ids", default=None, help="comma-separated stop tokens (default: eos of tokenizer and models)")
+    p.add_argument("--device", default="auto", help="torch device (auto: cuda if available, else cpu)")
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="weights dtype (auto: bf16 on GPU, fp32 on CPU)")
+    p.add_argument("--stop-token-ids", default=None,
+                   help="comma-separated stop tokens (default: EOS of the tokenizer and both models' configs)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op CPU threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true")
 
@@ -112,11 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load_tokenizers(base: str, rl: str):
-    from transformers import AutoTokenizer
-
-    tok_base = AutoTokenizer.from_pretrained(base)
-    tok_rl = AutoTokenizer.from_pretrained(rl)
-    check_same_tokenizer(tok_base, tok_rl, base_name=f"--base {base}", rl_name=f"--rl {rl}")
+    tok_base = load_shared_tokenizer(base, rl, base_name=f"--base {base}", rl_name=f"--rl {rl}")
     if tok_base.pad_token_id is None:
         tok_base.pad_token = tok_base.eos_token
     tok_base.padding_side = "left"
@@ -124,15 +121,7 @@ def _load_tokenizers(base: str, rl: str):
 
 
 def _load_decoder(args, tokenizer) -> TwoModelDecoder:
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
-    models = [
-        AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa").to(device).eval()
-        for path in (args.base, args.rl)
-    ]
+    models = [load_model(path, args.device, args.dtype, attn_implementation="sdpa") for path in (args.base, args.rl)]
     stops = [int(x) for x in args.stop_token_ids.split(",")] if args.stop_token_ids else None
     return TwoModelDecoder(models[0], models[1], tokenizer, stop_token_ids=stops)
 

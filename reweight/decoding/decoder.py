@@ -40,6 +40,7 @@ from reweight.decoding.distributions import (
     temperature_logprobs,
     top_p_logprobs,
 )
+from reweight.models import check_same_tokenizer, eos_token_ids
 
 MODES = ("replace", "extrapolate", "global")
 
@@ -211,34 +212,6 @@ def select_tokens(
     return StepInfo(step, rows, logp_base, logp_rl, proposal_logp, replacement_logp, proposed, scores, flagged, tokens)
 
 
-def check_same_tokenizer(base_tokenizer, rl_tokenizer, base_name: str = "base", rl_name: str = "rl") -> None:
-    """Raise ``ValueError`` unless the two tokenizers map every token string to the same id."""
-    va, vb = base_tokenizer.get_vocab(), rl_tokenizer.get_vocab()
-    if va != vb:
-        only_a = len(set(va) - set(vb))
-        only_b = len(set(vb) - set(va))
-        moved = sum(1 for k in set(va) & set(vb) if va[k] != vb[k])
-        raise ValueError(
-            f"tokenizers of {base_name} and {rl_name} differ (sizes {len(va)} vs {len(vb)}; {only_a} tokens only in "
-            f"{base_name}, {only_b} only in {rl_name}, {moved} with different ids): the two models must share a tokenizer"
-        )
-    if base_tokenizer.eos_token_id != rl_tokenizer.eos_token_id:
-        raise ValueError(
-            f"tokenizers of {base_name} and {rl_name} have different eos tokens "
-            f"({base_tokenizer.eos_token!r} vs {rl_tokenizer.eos_token!r})"
-        )
-
-
-def _eos_ids(model) -> set[int]:
-    gc = getattr(model, "generation_config", None)
-    eos = getattr(gc, "eos_token_id", None) if gc is not None else None
-    if eos is None:
-        eos = getattr(model.config, "eos_token_id", None)
-    if eos is None:
-        return set()
-    return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
-
-
 def _model_vocab(model) -> int:
     return int(model.get_output_embeddings().weight.shape[0])
 
@@ -249,9 +222,9 @@ class TwoModelDecoder:
     Args:
         base_model, rl_model: Hugging Face causal LMs (eval mode) sharing ``tokenizer``.
         tokenizer: the shared tokenizer (pad / eos ids, vocabulary size, detokenisation).
-        rl_tokenizer: if given, checked to be identical to ``tokenizer`` (``ValueError`` otherwise).
-        stop_token_ids: tokens that end a sequence; default: the tokenizer's eos plus both models'
-            ``generation_config.eos_token_id``.
+        rl_tokenizer: if given, checked with :func:`reweight.models.check_same_tokenizer` (``ValueError``).
+        stop_token_ids: tokens that end a sequence; default: :func:`reweight.models.eos_token_ids` of the
+            tokenizer and both models (tokenizer EOS ∪ each config and generation-config EOS).
     """
 
     def __init__(self, base_model, rl_model, tokenizer, *, rl_tokenizer=None, stop_token_ids: Sequence[int] | None = None):
@@ -265,12 +238,8 @@ class TwoModelDecoder:
                     f"{name} model has {_model_vocab(model)} output rows but the tokenizer has {self.vocab_size} tokens"
                 )
         if stop_token_ids is None:
-            stops = _eos_ids(base_model) | _eos_ids(rl_model)
-            if tokenizer.eos_token_id is not None:
-                stops.add(int(tokenizer.eos_token_id))
-        else:
-            stops = {int(s) for s in stop_token_ids}
-        self.stop_token_ids = sorted(stops)
+            stop_token_ids = eos_token_ids(tokenizer, base_model, rl_model)
+        self.stop_token_ids = sorted({int(s) for s in stop_token_ids})
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if pad is None:
             raise ValueError("tokenizer has neither a pad nor an eos token; cannot left-pad a batch")

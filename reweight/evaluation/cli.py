@@ -20,7 +20,6 @@ import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from reweight.evaluation.records import (
     DEFAULT_DATA_SOURCE_KEY,
@@ -32,8 +31,7 @@ from reweight.evaluation.records import (
     read_results,
 )
 from reweight.io import write_text_atomic
-
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+from reweight.models import DTYPE_CHOICES, load_model, load_shared_tokenizer, load_tokenizer
 
 
 def _dataset_args(p: argparse.ArgumentParser, required: bool) -> None:
@@ -56,8 +54,8 @@ def _scorer_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--dtype", default="auto", choices=DTYPES)
+    p.add_argument("--device", default="auto", help="torch device (auto: cuda if available, else cpu)")
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="weights dtype (auto: bf16 on GPU, fp32 on CPU)")
     p.add_argument("--no-chat-template", action="store_true", help="feed prompts without the chat template")
     p.add_argument("--no-progress", action="store_true")
 
@@ -67,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("sample", help="sample n responses per problem from a model and score them")
-    s.add_argument("--model", required=True, help="HF checkpoint directory or name")
+    s.add_argument("--model", required=True, help="HF hub id, HF directory or verl checkpoint dir (global_step_N or experiment)")
     _dataset_args(s, required=True)
     s.add_argument("--out", required=True, help="results file (.jsonl); resumed when it exists")
     s.add_argument("--n", type=int, default=32, help="samples per problem")
@@ -120,32 +118,6 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def _device(name: str | None) -> str:
-    import torch
-
-    return name or ("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def load_model(path: str, device: str, dtype: str = "auto"):
-    """An HF causal LM in eval mode on ``device`` (dtype "auto": the checkpoint's, float32 on CPU)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    torch_dtype: Any
-    if dtype == "auto":
-        torch_dtype = torch.float32 if device == "cpu" else "auto"
-    else:
-        torch_dtype = getattr(torch, dtype)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
-    return model.to(device).eval()
-
-
-def load_tokenizer(path: str):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path)
-
-
 def _check_exists(path: str, what: str) -> None:
     if not Path(path).exists():
         raise FileNotFoundError(f"{what} {path!r} does not exist")
@@ -178,9 +150,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
         tokenizer = sampler.llm.get_tokenizer()
         per_batch = args.problems_per_batch or 64
     else:
-        device = _device(args.device)
         tokenizer = load_tokenizer(args.model)
-        sampler = HFSampler(load_model(args.model, device, args.dtype), tokenizer, config, device)
+        model = load_model(args.model, args.device, args.dtype)
+        sampler = HFSampler(model, tokenizer, config, model.device)
         per_batch = args.problems_per_batch or max(1, args.batch_size // args.n)
     results = sample_dataset(
         problems, sampler, tokenizer, writer, args.n, per_batch, args.seed,
@@ -218,10 +190,7 @@ def cmd_support(args: argparse.Namespace) -> int:
     n_min = min(r.n for r in list(base_results) + list(rl_results))
     if args.k is not None and args.k > n_min:
         raise EvalInputError(f"--k {args.k} exceeds the samples per problem in the results (n={n_min}); k > n")
-    tokenizer = load_tokenizer(args.base_model)
-    rl_tokenizer = load_tokenizer(args.rl_model)
-    if rl_tokenizer.get_vocab() != tokenizer.get_vocab():
-        raise EvalInputError(f"tokenizers of {args.base_model!r} and {args.rl_model!r} differ; support metrics need one shared tokenizer")
+    tokenizer = load_shared_tokenizer(args.base_model, args.rl_model)
     meta = {
         "base_model": args.base_model, "rl_model": args.rl_model, "base_results": str(args.base_results),
         "rl_results": str(args.rl_results), "k": args.k, "zeta": args.zeta, "epsilon": args.epsilon,
@@ -229,9 +198,8 @@ def cmd_support(args: argparse.Namespace) -> int:
     }
     log = AppendLog(str(args.out) + ".rows.jsonl", meta, "support rows file")
     done = {uid: ProblemSupport(**rec) for uid, rec in log.records.items()}
-    device = _device(args.device)
-    base_model = load_model(args.base_model, device, args.dtype)
-    rl_model = load_model(args.rl_model, device, args.dtype)
+    base_model = load_model(args.base_model, args.device, args.dtype)
+    rl_model = load_model(args.rl_model, args.device, args.dtype)
     rows, eps = pair_support(
         base_results, rl_results, base_model, rl_model, tokenizer, k=args.k, zeta=args.zeta, epsilon=args.epsilon,
         token_entropy=not args.no_token_entropy, batch_size=args.batch_size,

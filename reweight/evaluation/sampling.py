@@ -31,6 +31,7 @@ from reweight.evaluation.records import (
     resolve_answer_key,
 )
 from reweight.evaluation.scoring import DEFAULT_SCORER, check_scorer, is_correct, last_boxed
+from reweight.models import eos_token_ids, pick_dtype, resolve_model_path
 
 Sample = tuple[str, str | None]  # (response text, finish reason: "stop" | "length" | None)
 
@@ -109,22 +110,6 @@ class _MaskPaddedVocab:
         return scores
 
 
-def stop_token_ids(tokenizer, model=None) -> list[int]:
-    """EOS ids: the tokenizer's EOS plus the model's generation-config EOS (int or list)."""
-    ids = set()
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    gen = getattr(model, "generation_config", None)
-    eos = getattr(gen, "eos_token_id", None)
-    if isinstance(eos, int):
-        ids.add(eos)
-    elif isinstance(eos, (list, tuple)):
-        ids.update(int(e) for e in eos)
-    if not ids:
-        raise EvalInputError("the tokenizer has no eos_token_id and the model no generation_config.eos_token_id")
-    return sorted(ids)
-
-
 class HFSampler:
     """Batched sampling with ``model.generate`` (left padding, KV cache). For CPU and small models.
 
@@ -140,7 +125,7 @@ class HFSampler:
 
         self.model, self.tokenizer, self.config = model, tokenizer, config
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
-        self.stop_ids = stop_token_ids(tokenizer, model)
+        self.stop_ids = eos_token_ids(tokenizer, model, required=True)  # reweight.models' one EOS rule
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
         self.processors = LogitsProcessorList([_MaskPaddedVocab(tokenizer_vocab_limit(tokenizer))])
 
@@ -197,6 +182,7 @@ class VLLMSampler:
     """Sampling with vLLM (GPU clusters). vLLM is an optional dependency: a clear error without it."""
 
     def __init__(self, model_path: str, config: SamplingConfig, **llm_kwargs: Any):
+        """``model_path``: any path :func:`reweight.models.resolve_model_path` takes; ``dtype``: auto|bf16|fp16|fp32."""
         try:
             from vllm import LLM, SamplingParams
         except ImportError as err:
@@ -206,7 +192,9 @@ class VLLMSampler:
             ) from err
         self._params_cls = SamplingParams
         self.config = config
-        self.llm = LLM(model=model_path, seed=config.seed, **llm_kwargs)
+        if "dtype" in llm_kwargs:  # our names (auto: bf16 on CUDA) to vLLM's, which runs on CUDA
+            llm_kwargs["dtype"] = str(pick_dtype(llm_kwargs["dtype"], "cuda")).removeprefix("torch.")
+        self.llm = LLM(model=resolve_model_path(model_path), seed=config.seed, **llm_kwargs)
 
     def sample(self, prompts: Sequence[str], n: int, seed: int) -> list[list[Sample]]:
         cfg = self.config

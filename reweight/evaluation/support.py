@@ -38,7 +38,8 @@ import numpy as np
 import torch
 
 from reweight.evaluation.records import EvalInputError, ProblemResult
-from reweight.evaluation.sampling import render_prompt, stop_token_ids, tokenizer_vocab_limit
+from reweight.evaluation.sampling import render_prompt, tokenizer_vocab_limit
+from reweight.models import eos_token_ids
 
 DEFAULT_ZETA = 0.05
 NO_ANSWER = "<no answer>"
@@ -141,7 +142,7 @@ def score_sequences(
     if not (len(prompts) == len(responses) == len(append_eos)):
         raise ValueError("prompts, responses and append_eos must have the same length")
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    eos = stop_token_ids(tokenizer, model)[0] if tokenizer.eos_token_id is None else tokenizer.eos_token_id
+    eos = eos_token_ids(tokenizer, model, required=True)[0] if tokenizer.eos_token_id is None else tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     vocab_limit = tokenizer_vocab_limit(tokenizer)
     encoded = []
