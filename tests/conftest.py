@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+
 import pytest
 import torch
 
@@ -45,3 +50,61 @@ def tiny_pair_dirs(tiny_pair, tmp_path_factory):
     tok, base, rl = tiny_pair
     root = tmp_path_factory.mktemp("tiny_pair")
     return str(save_tiny(root / "base", base, tok)), str(save_tiny(root / "rl", rl, tok))
+
+
+# The end-to-end tests' embedded assets: small enough to build in ~15-30 s (single-digit addition is
+# learnt, partly, in ~100 SFT steps), and training settings that keep a verl step to seconds on 2 cores.
+E2E_RECIPE = dict(
+    levels=(1,),
+    n_train=512,
+    n_val=64,
+    sft_eval_every=20,
+    sft_eval_problems=64,
+    target_low=0.2,
+    target_high=0.7,
+    target_greedy=0.0,
+    sft_answer_noise=0.0,
+)
+E2E_TRAIN_OVERRIDES = (
+    "data.train_batch_size=4",
+    "actor_rollout_ref.actor.ppo_mini_batch_size=4",
+    "actor_rollout_ref.rollout.n=4",
+)
+
+
+@pytest.fixture(scope="session")
+def e2e_assets(tmp_path_factory):
+    """The embedded model and data built from :data:`E2E_RECIPE` in a session cache."""
+    from reweight.embedded import Recipe, ensure_built
+
+    os.environ.setdefault("REWEIGHT_CACHE", str(tmp_path_factory.mktemp("cache")))
+    return ensure_built(Recipe(**E2E_RECIPE), log=lambda *_: None)
+
+
+def e2e_asset_overrides(assets) -> list[str]:
+    """Hydra overrides that point the embedded config at ``assets`` (no default-asset build)."""
+    return [
+        f"actor_rollout_ref.model.path={assets / 'model'}",
+        f"data.train_files={assets / 'train.parquet'}",
+        f"data.val_files={assets / 'val.parquet'}",
+    ]
+
+
+@pytest.fixture(scope="session")
+def smoke_study(e2e_assets, tmp_path_factory):
+    """``reweight-study --smoke`` run once per session on the e2e assets: (out_dir, console output, seconds).
+
+    Its training runs are real verl runs (2 steps each, with checkpoints), so the e2e tests also use them.
+    """
+    out = tmp_path_factory.mktemp("study") / "smoke"
+    cmd = [
+        sys.executable, "-m", "reweight.study.cli", "--smoke", "--out", str(out),
+        "--test-data", str(e2e_assets / "test.parquet"), *e2e_asset_overrides(e2e_assets), *E2E_TRAIN_OVERRIDES,
+    ]
+    t0 = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1500, stdin=subprocess.DEVNULL)
+    seconds = time.time() - t0
+    console = proc.stdout + proc.stderr
+    (out.parent / "console.log").write_text(console)
+    assert proc.returncode == 0, f"the smoke study failed:\n{console[-4000:]}"
+    return out, console, seconds

@@ -18,30 +18,16 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import E2E_TRAIN_OVERRIDES, e2e_asset_overrides
 
 pytestmark = pytest.mark.e2e
 
-# Small enough to build in ~15-30 s: single-digit addition is learnt (partly) in ~100 SFT steps.
-TEST_RECIPE = dict(
-    levels=(1,),
-    n_train=512,
-    n_val=64,
-    sft_eval_every=20,
-    sft_eval_problems=64,
-    target_low=0.2,
-    target_high=0.7,
-    target_greedy=0.0,
-    sft_answer_noise=0.0,
-)
 RUN_TIMEOUT_S = 420
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    from reweight.embedded import Recipe, ensure_built
-
-    os.environ.setdefault("REWEIGHT_CACHE", str(tmp_path_factory.mktemp("cache")))
-    return ensure_built(Recipe(**TEST_RECIPE))
+def assets(e2e_assets):
+    return e2e_assets
 
 
 def _run(assets: Path, out: Path, *overrides: str) -> list[dict]:
@@ -52,12 +38,8 @@ def _run(assets: Path, out: Path, *overrides: str) -> list[dict]:
         sys.executable,
         "-m",
         "reweight.train",
-        f"actor_rollout_ref.model.path={assets / 'model'}",
-        f"data.train_files={assets / 'train.parquet'}",
-        f"data.val_files={assets / 'val.parquet'}",
-        "data.train_batch_size=4",
-        "actor_rollout_ref.actor.ppo_mini_batch_size=4",
-        "actor_rollout_ref.rollout.n=4",
+        *e2e_asset_overrides(assets),
+        *E2E_TRAIN_OVERRIDES,
         "trainer.val_before_train=false",
         "trainer.test_freq=-1",
         "trainer.logger=[console,file]",
@@ -75,19 +57,18 @@ def _train_steps(records: list[dict]) -> dict[int, dict]:
 
 
 @pytest.fixture(scope="module")
-def first_run(assets, tmp_path_factory):
+def first_run(smoke_study, tmp_path_factory):
+    """The smoke study's low_prob run (reweighted DAPO, α = 0.2: 2 steps, checkpoint at step 2), shared here.
+
+    Its checkpoint is copied twice: the resumed runs below write step 3 into their own copies.
+    """
+    study, _, _ = smoke_study
+    run = study / "runs" / "low_prob" / "s1"
     root = tmp_path_factory.mktemp("e2e")
-    ckpt = root / "ckpt"
-    records = _run(
-        assets,
-        root / "run1",
-        "trainer.total_training_steps=2",
-        "trainer.save_freq=2",
-        f"trainer.default_local_dir={ckpt}",
-    )
-    # a pristine copy of the step-2 checkpoint for the vanilla run (resumed runs write step 3 into theirs)
-    shutil.copytree(ckpt, root / "ckpt_vanilla")
-    return root, ckpt, _train_steps(records)
+    shutil.copytree(run / "checkpoints", root / "ckpt")
+    shutil.copytree(run / "checkpoints", root / "ckpt_vanilla")
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return root, root / "ckpt", _train_steps(records)
 
 
 @pytest.mark.timeout(900)

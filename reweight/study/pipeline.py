@@ -314,6 +314,8 @@ class Study:
             "--temperature", str(spec.temperature), "--top-p", str(spec.top_p), "--max-new-tokens", str(self.max_new_tokens),
             "--scorer", spec.scorer, "--batch-size", str(max(64, spec.n)), "--seed", "0", "--no-progress",
         ]
+        if spec.test_limit is not None:
+            argv += ["--limit", str(spec.test_limit)]
         self._tool("eval_base" if run is None else f"eval_{run.arm}_s{run.seed}", main, argv)
         return {"results": str(out.relative_to(self.out))}
 
@@ -351,7 +353,7 @@ class Study:
         out = self.out / "analysis" / arm
         argv = [
             "--base-model", self.base_model, "--rl-model", self.model_of(self.first_run(arm)),
-            "--prompts", str(self._prompt_subset(spec.analysis_prompts)), "--generate-with", "base,rl",
+            "--prompts", str(self._prompt_subset(min(spec.analysis_prompts, spec.test_limit or spec.analysis_prompts))), "--generate-with", "base,rl",
             "--samples-per-prompt", str(spec.analysis_samples), "--max-new-tokens", str(self.max_new_tokens),
             "--temperature", str(spec.temperature), "--num-workers", "1", "--out", str(out), "--no-progress",
         ]
@@ -380,7 +382,7 @@ class Study:
         out = self.out / "decode" / label
         argv = [
             "sweep", "--base", self.base_model, "--rl", self.model_of(self.first_run(arm)), "--data", self.test_data,
-            "--limit", str(spec.decode_prompts), "--n", str(spec.decode_n), "--max-new-tokens", str(self.max_new_tokens),
+            "--limit", str(min(spec.decode_prompts, spec.test_limit or spec.decode_prompts)), "--n", str(spec.decode_n), "--max-new-tokens", str(self.max_new_tokens),
             "--temperature", str(spec.temperature), "--top-p", str(spec.decode_top_p), "--out", str(out),
             "--extrapolate-tau", str(spec.extrapolate_tau), "--gammas", ",".join(str(g) for g in spec.gammas),
             "--no-progress",

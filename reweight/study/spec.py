@@ -76,6 +76,7 @@ class StudySpec:
         seeds: values of the top-level ``seed`` key; every arm is trained once per seed.
         train_steps: ``trainer.total_training_steps`` of every run (None: the config's).
         test_data: evaluation problems (verl parquet); None: the embedded task's test split.
+        test_limit: use only the first N test problems everywhere (None: all).
         n: samples per test problem (avg@n, pass@k for k = 1..n).
         temperature / top_p / max_new_tokens: evaluation sampling (None: the config's max response length).
         scorer: how a response is judged (``dapo``: exactly the training reward; see reweight-eval).
@@ -93,6 +94,7 @@ class StudySpec:
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
     train_steps: int | None = None
     test_data: str | None = None
+    test_limit: int | None = None
     n: int = 32
     temperature: float = 1.0
     top_p: float = 1.0
@@ -115,7 +117,7 @@ class StudySpec:
         base = dict(
             overrides=["trainer.test_freq=1", "trainer.val_before_train=true"],
             arms={k: list(v) for k, v in ARM_PRESETS["smoke"].items()},
-            seeds=[1], train_steps=2, n=4, bootstrap=200, analysis_prompts=8, analysis_samples=1,
+            seeds=[1], train_steps=2, test_limit=16, n=4, bootstrap=200, analysis_prompts=8, analysis_samples=1,
             decode_prompts=8, decode_n=2, grids={k: list(v) for k, v in SMOKE_GRIDS.items()}, gammas=[0.1],
         )
         base.update(changes)
@@ -132,6 +134,8 @@ class StudySpec:
                 raise StudyInputError(f"arm {name!r}: overrides must be a list of KEY=VALUE strings, got {overrides!r}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise StudyInputError(f"seeds={self.seeds}: give one or more distinct seeds")
+        if self.test_limit is not None and self.test_limit < 1:
+            raise StudyInputError(f"test_limit={self.test_limit} must be >= 1")
         for key in ("n", "bootstrap", "analysis_prompts", "analysis_samples", "decode_prompts", "decode_n"):
             if int(getattr(self, key)) < 1:
                 raise StudyInputError(f"{key}={getattr(self, key)} must be >= 1")
