@@ -8,7 +8,10 @@ lets through silently or only reports from inside a Ray worker, minutes into a j
 - loss_mode ``reweight`` without our config class (verl's ``PolicyLossConfig`` has no
   scheme/alpha/prob_source), our config class with another loss_mode, bad scheme/alpha/prob_source;
 - a loss_mode that is not registered in this process (our plugin did not load);
-- an unknown math scorer for our reward function (``reward.custom_reward_function.reward_kwargs.scorer``).
+- an unknown math scorer for our reward function (``reward.custom_reward_function.reward_kwargs.scorer``);
+- actor and rollout model configs that can disagree: ``actor_rollout_ref.model.override_config`` edits
+  the actor's model only; vLLM starts from the checkpoint with ``rollout.engine_kwargs.vllm.hf_overrides``;
+  and sequences longer than the model's positions (checkpoint read when ``model.path`` is local).
 """
 
 from __future__ import annotations
@@ -101,8 +104,91 @@ def check_reward_scorer(cfg: DictConfig) -> None:
         raise ConfigError(f"{SCORER_KEY}={scorer!r}: not a math scorer of reweight.reward; choose one of {', '.join(SCORERS)}")
 
 
+MODEL = "actor_rollout_ref.model"
+ROLLOUT = "actor_rollout_ref.rollout"
+# override_config keys that change only how the actor runs the model, not the model itself.
+ACTOR_ONLY_OVERRIDES = ("attn_implementation", "attention_dropout", "hidden_dropout", "use_cache", "model_config")
+# rollouts that build their model from the actor's config (reweight.cpu.rollout.server_model_config).
+ROLLOUTS_SHARING_ACTOR_CONFIG = ("hf",)
+# rollouts that take the checkpoint plus engine_kwargs.<name>.hf_overrides (verl 0.9.1's vLLM server).
+ROLLOUTS_WITH_HF_OVERRIDES = ("vllm",)
+
+
+def _mapping(cfg: DictConfig, dotted: str) -> dict:
+    """The resolved mapping at ``dotted`` (empty if absent)."""
+    node = OmegaConf.select(cfg, dotted, default=None)
+    return dict(OmegaConf.to_container(node, resolve=True)) if isinstance(node, DictConfig) else dict(node or {})
+
+
+def _local_checkpoint_positions(path: str) -> int | None:
+    """``max_position_embeddings`` of a local checkpoint's config.json (None if not local or not readable)."""
+    import json
+    import os
+
+    config = os.path.join(os.path.expanduser(str(path)), "config.json")
+    try:
+        with open(config) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    value = data.get("max_position_embeddings", (data.get("text_config") or {}).get("max_position_embeddings"))
+    return int(value) if value is not None else None
+
+
+def check_model_config_agreement(cfg: DictConfig) -> None:
+    """Refuse a config whose actor and rollout can build different models, or too-long sequences.
+
+    verl 0.9.1 applies ``actor_rollout_ref.model.override_config`` to the actor's model config only;
+    its vLLM server starts from the checkpoint plus ``rollout.engine_kwargs.vllm.hf_overrides`` (and
+    takes ``max_model_len`` from the actor's overridden config). So every model override must be
+    repeated there with the same value, and vice versa; other rollouts than ``hf`` (which builds its
+    model from the actor's config) and vLLM cannot take overrides at all here.
+    """
+    name = str(OmegaConf.select(cfg, f"{ROLLOUT}.name", default="") or "")
+    override = _mapping(cfg, f"{MODEL}.override_config")
+    model_keys = {k: v for k, v in override.items() if k not in ACTOR_ONLY_OVERRIDES}
+    if name not in ROLLOUTS_SHARING_ACTOR_CONFIG:
+        hf_key = f"{ROLLOUT}.engine_kwargs.{name}.hf_overrides"
+        hf_overrides = _mapping(cfg, hf_key)
+        if model_keys and name not in ROLLOUTS_WITH_HF_OVERRIDES:
+            key = next(iter(model_keys))
+            raise ConfigError(
+                f"{MODEL}.override_config.{key}={model_keys[key]!r} reaches the actor only: the {name!r} rollout "
+                f"starts from the unedited checkpoint. Edit the checkpoint's config.json instead, or use the "
+                f"vllm rollout (with {ROLLOUT}.engine_kwargs.vllm.hf_overrides.{key})"
+            )
+        for key in sorted(set(model_keys) | set(hf_overrides)):
+            actor, rollout = model_keys.get(key, "<checkpoint>"), hf_overrides.get(key, "<checkpoint>")
+            if actor != rollout:
+                raise ConfigError(
+                    f"{MODEL}.override_config.{key}={actor!r} but {hf_key}.{key}={rollout!r}: the actor and "
+                    f"the rollout would run different models; set both to the same value"
+                )
+    positions = model_keys.get("max_position_embeddings")
+    where = f"{MODEL}.override_config.max_position_embeddings"
+    if positions is None:
+        path = OmegaConf.select(cfg, f"{MODEL}.path", default=None, throw_on_missing=False)
+        positions = _local_checkpoint_positions(path) if isinstance(path, str) else None
+        where = f"max_position_embeddings of {path}/config.json"
+    if positions is None:
+        return
+    prompt = OmegaConf.select(cfg, "data.max_prompt_length", default=0) or 0
+    response = OmegaConf.select(cfg, "data.max_response_length", default=0) or 0
+    if prompt + response > positions:
+        raise ConfigError(
+            f"data.max_prompt_length + data.max_response_length = {prompt} + {response} = {prompt + response} "
+            f"exceeds {where} = {positions}: the model has no positions for the end of long responses "
+            f"(extend it with {MODEL}.override_config.max_position_embeddings and, for vllm, "
+            f"{ROLLOUT}.engine_kwargs.vllm.hf_overrides.max_position_embeddings)"
+        )
+    max_model_len = OmegaConf.select(cfg, f"{ROLLOUT}.max_model_len", default=None)
+    if max_model_len is not None and int(max_model_len) > positions:
+        raise ConfigError(f"{ROLLOUT}.max_model_len={max_model_len} exceeds {where} = {positions}")
+
+
 def check_config(cfg: DictConfig) -> None:
     """All of the driver-side checks above, in order; raises :class:`ConfigError`."""
     check_legacy_reward_keys(cfg)
     check_policy_loss(cfg)
     check_reward_scorer(cfg)
+    check_model_config_agreement(cfg)

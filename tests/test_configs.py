@@ -63,6 +63,34 @@ def test_paper_presets(name, alpha, model, nodes, resp):
     assert baseline.actor_rollout_ref.actor.policy_loss.loss_mode == "vanilla"
 
 
+# The authors' released scripts (run_7B.sh, run_8B.sh): sp_size, gen_tp, offload, nccl_timeout, token caps
+# = max_prompt_length + max_response_length, test_freq / save_freq, gradient checkpointing.
+AUTHORS_SYSTEMS = {"qwen25_math_7b": dict(sp=4, tp=4, tokens=2048 + 1024 * 8),
+                   "qwen3_8b_base": dict(sp=8, tp=4, tokens=2048 + 1024 * 20)}
+
+
+@pytest.mark.parametrize("name", ["qwen25_math_7b_dapo", "qwen25_math_7b_reweight",
+                                  "qwen3_8b_base_dapo", "qwen3_8b_base_reweight"])
+def test_paper_presets_use_the_authors_systems_settings(name):
+    want = AUTHORS_SYSTEMS[name.rsplit("_", 1)[0]]
+    cfg = compose_config(name)
+    prepare(cfg, dry_run=True)  # reweight-train --dry-run: our checks and verl's validate_config
+    actor = omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)  # as verl's workers build them
+    rollout = omega_conf_to_dataclass(cfg.actor_rollout_ref.rollout)
+    assert actor.fsdp_config.ulysses_sequence_parallel_size == want["sp"]
+    assert actor.fsdp_config.param_offload and actor.fsdp_config.optimizer_offload
+    assert actor.fsdp_config.fsdp_size == -1
+    assert rollout.tensor_model_parallel_size == want["tp"]
+    assert cfg.data.max_prompt_length + cfg.data.max_response_length == want["tokens"]
+    assert actor.ppo_max_token_len_per_gpu == rollout.log_prob_max_token_len_per_gpu == want["tokens"]
+    assert rollout.max_num_batched_tokens == want["tokens"] and rollout.enable_chunked_prefill
+    assert rollout.gpu_memory_utilization == 0.8
+    assert cfg.actor_rollout_ref.nccl_timeout == 36000
+    assert cfg.actor_rollout_ref.model.enable_gradient_checkpointing
+    assert "hf_model" in actor.checkpoint.save_contents
+    assert (cfg.trainer.test_freq, cfg.trainer.save_freq, cfg.trainer.val_before_train) == (5, 10, True)
+
+
 def test_overrides_reach_our_config_class():
     cfg = compose_config("dapo_reweight", MODEL + [
         "actor_rollout_ref.actor.policy_loss.scheme=focal", "actor_rollout_ref.actor.policy_loss.alpha=2"])

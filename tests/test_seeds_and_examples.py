@@ -130,8 +130,8 @@ def test_recipe_script_examples_dry_run(script):
     _dry_run(config_name, overrides)
 
 
-def _recipe_readme_examples() -> list[tuple[str, list[str]]]:
-    text = (ROOT / "recipe" / "README.md").read_text()
+def _recipe_readme_examples(doc: str = "recipe/README.md") -> list[tuple[str, list[str]]]:
+    text = (ROOT / doc).read_text().replace("\\\n", " ")  # join continued lines
     runs = []
     for script, args in re.findall(r"bash recipe/(run_\S+\.sh)(.*)", text):
         config_name, _ = _sh_example(ROOT / "recipe" / script)
@@ -142,9 +142,10 @@ def _recipe_readme_examples() -> list[tuple[str, list[str]]]:
     return runs
 
 
-def test_recipe_readme_examples_dry_run():
-    runs = _recipe_readme_examples()
-    assert len(runs) >= 3
+@pytest.mark.parametrize("doc,count", [("recipe/README.md", 3), ("docs/fidelity.md", 1)])
+def test_recipe_readme_examples_dry_run(doc, count):
+    runs = _recipe_readme_examples(doc)
+    assert len(runs) >= count
     for config_name, overrides in runs:
         _dry_run(config_name, overrides)
 

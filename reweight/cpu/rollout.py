@@ -54,6 +54,28 @@ def _get(cfg: Any, key: str, default: Any = None) -> Any:
         return getattr(cfg, key, default)
 
 
+def server_model_config(model_config: Any, path: str):
+    """The transformers config the server builds its model from: the actor's, overrides included.
+
+    verl's ``HFModelConfig`` carries ``hf_config`` -- the checkpoint's config with
+    ``actor_rollout_ref.model.override_config`` applied, exactly what the FSDP actor builds its model
+    from -- so actor and rollout cannot disagree (e.g. on ``max_position_embeddings``). For a plain
+    mapping (tests), the same overrides are applied with verl's ``update_model_config``.
+    """
+    import copy
+
+    hf_config = _get(model_config, "hf_config")
+    if hf_config is not None:
+        return copy.deepcopy(hf_config)
+    from transformers import AutoConfig
+    from verl.utils.model import update_model_config
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=bool(_get(model_config, "trust_remote_code", False)))
+    override = {k: v for k, v in dict(_get(model_config, "override_config", {}) or {}).items() if k != "attn_implementation"}
+    update_model_config(config, override_config_kwargs=override)
+    return config
+
+
 _DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -92,6 +114,7 @@ class HFRolloutServer:
         attn = override.pop("attn_implementation", None) or "sdpa"
         self.model = AutoModelForCausalLM.from_pretrained(
             path,
+            config=server_model_config(model_config, path),
             dtype=self.dtype,
             attn_implementation=attn,
             trust_remote_code=bool(_get(model_config, "trust_remote_code", False)),
