@@ -274,7 +274,7 @@ def test_tokenizer_rule_counts_added_tokens(tiny_tokenizer):
 # ---------------------------------------------------------------------------------------------- every tool
 
 
-def test_reweight_eval_sample_on_a_checkpoint_equals_the_reference_weights(ckpt, tmp_path):
+def test_reweight_eval_sample_and_support_on_checkpoints_equal_the_reference_weights(ckpt, tmp_path, capsys):
     from reweight.evaluation.cli import main
     from reweight.evaluation.records import read_results
 
@@ -285,8 +285,27 @@ def test_reweight_eval_sample_on_a_checkpoint_equals_the_reference_weights(ckpt,
     assert main(["sample", "--model", ckpt.ref2, "--out", str(tmp_path / "ref.jsonl"), *common]) == 0
     meta, got = read_results(tmp_path / "ckpt.jsonl")
     _, want = read_results(tmp_path / "ref.jsonl")
-    assert meta["model"] == str(ckpt.exp)
+    assert meta["model"] == str(ckpt.exp) and meta["model_path"] == str(ckpt.step2 / "actor" / "hf_export")
     assert [r.responses for r in got] == [r.responses for r in want] and len(got) == 2
+
+    support = ["--base-results", str(tmp_path / "ckpt.jsonl"), "--rl-results", str(tmp_path / "ckpt.jsonl"), "--no-progress",
+               "--device", "cpu"]
+    assert main(["support", "--base-model", str(ckpt.step1), "--rl-model", str(ckpt.exp), "--out", str(tmp_path / "c.json"), *support]) == 0
+    assert main(["support", "--base-model", ckpt.ref1, "--rl-model", ckpt.ref2, "--out", str(tmp_path / "r.json"), *support]) == 0
+    got, want = (json.loads((tmp_path / name).read_text()) for name in ("c.json", "r.json"))
+    assert got["problems"] == want["problems"] and got["aggregate"] == want["aggregate"]
+
+    # more training: the experiment's latest step moves on, and a resume of the same command refuses to mix models
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    for step in (1, 2):
+        (exp / f"global_step_{step}").symlink_to(ckpt.exp / f"global_step_{step}")
+    (exp / "latest_checkpointed_iteration.txt").write_text("1")
+    argv = ["sample", "--model", str(exp), "--out", str(tmp_path / "moving.jsonl"), *common, "--limit", "1"]
+    assert main(argv) == 0
+    (exp / "latest_checkpointed_iteration.txt").write_text("2")
+    capsys.readouterr()
+    assert main([*argv[:-1], "2"]) == 2 and "model_path=" in capsys.readouterr().err
 
 
 def test_reweight_analyze_on_checkpoints_matches_token_metrics_of_the_reference_weights(ckpt, tmp_path):
