@@ -346,3 +346,29 @@ def test_reweight_decode_on_checkpoints_equals_the_reference_weights(ckpt, tmp_p
     got = [json.loads(line) for line in (tmp_path / "c.jsonl").read_text().splitlines()]
     want = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
     assert len(got) == 4 and got == want
+
+
+def test_the_command_reweight_train_prints_evaluates_the_final_checkpoint(ckpt, tmp_path, capsys):
+    import shlex
+
+    from omegaconf import OmegaConf
+
+    from reweight.evaluation.cli import main
+    from reweight.evaluation.records import read_results
+    from reweight.train import evaluation_command
+
+    data = tmp_path / "val.parquet"
+    pd.DataFrame([to_verl_row(p, "test", i) for i, p in enumerate(make_problems(2, seed=5))]).to_parquet(data)
+    cfg = OmegaConf.create({"trainer": {"default_local_dir": str(ckpt.exp)},
+                            "data": {"val_files": [str(data)], "max_response_length": 4}})
+    assert evaluation_command(OmegaConf.create({"trainer": {"default_local_dir": str(tmp_path)}, "data": {"val_files": str(data)}})) is None
+    argv = shlex.split(evaluation_command(cfg))
+    assert argv[:2] == ["reweight-eval", "sample"] and argv[argv.index("--max-new-tokens") + 1] == "4"
+    out = Path(argv[argv.index("--out") + 1])
+    assert out.parent.parent == ckpt.exp
+    try:  # the printed command, made cheap (later flags win in argparse)
+        assert main(argv[1:] + ["--n", "1", "--device", "cpu", "--no-progress"]) == 0
+        meta, results = read_results(out)
+        assert meta["model_path"] == str(ckpt.step2 / "actor" / "hf_export") and len(results) == 2
+    finally:
+        shutil.rmtree(out.parent, ignore_errors=True)
