@@ -179,6 +179,31 @@ def test_half_written_export_is_never_used(ckpt, tmp_path, count_merges):
     _assert_weights(str(actor / "hf_export"), ckpt.weights[2], torch.bfloat16)
 
 
+def test_concurrent_callers_export_once(ckpt, tmp_path, monkeypatch):
+    import threading
+    import time
+
+    exp = _copy_experiment(ckpt, tmp_path / "exp")
+    calls = []
+    real = models._merge
+
+    def slow_merge(actor, target, log):  # long enough that the second caller arrives mid-export
+        calls.append(actor)
+        time.sleep(0.5)
+        return real(actor, target, log)
+
+    monkeypatch.setattr(models, "_merge", slow_merge)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(resolve_model_path(str(exp)))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    export = exp / "global_step_2" / "actor" / "hf_export"
+    assert results == [str(export)] * 2 and len(calls) == 1  # the second waited on the lock, then reused
+    _assert_weights(str(export), ckpt.weights[2], torch.bfloat16)
+
+
 def test_merger_failure_leaves_no_export(ckpt, tmp_path, monkeypatch):
     exp = _copy_experiment(ckpt, tmp_path / "exp")
     actor = exp / "global_step_2" / "actor"
