@@ -114,6 +114,31 @@ def run(cfg: DictConfig, dry_run: bool = False) -> None:
     from verl.trainer.main_ppo import TaskRunnerV1, run_ppo
 
     run_ppo(cfg, task_runner_class=TaskRunnerV1)
+    hint = evaluation_command(cfg)
+    if hint:
+        print(f"[reweight-train] evaluate the latest checkpoint with:\n  {hint}")
+
+
+def evaluation_command(cfg: DictConfig) -> str | None:
+    """The ``reweight-eval sample`` command for the run's latest checkpoint on its validation data (None without one),
+    generating up to the training response length (``data.max_response_length``).
+
+    ``--model`` is the experiment directory (``trainer.default_local_dir``): the evaluation tools read verl
+    checkpoints directly (:mod:`reweight.models` exports the latest step to an HF model once).
+    """
+    import shlex
+    from pathlib import Path
+
+    ckpt = OmegaConf.select(cfg, "trainer.default_local_dir")
+    val = OmegaConf.select(cfg, "data.val_files")
+    data = val if isinstance(val, str) or val is None else (list(val) or [None])[0]
+    if not ckpt or not data or not (Path(ckpt) / "latest_checkpointed_iteration.txt").is_file():
+        return None
+    ckpt = str(Path(ckpt).resolve())
+    out = str(Path(ckpt) / "eval" / "val.jsonl")
+    command = f"reweight-eval sample --model {shlex.quote(ckpt)} --data {shlex.quote(str(data))} --out {shlex.quote(out)}"
+    length = OmegaConf.select(cfg, "data.max_response_length")
+    return command + (f" --max-new-tokens {int(length)}" if length else "")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

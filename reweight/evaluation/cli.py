@@ -31,7 +31,7 @@ from reweight.evaluation.records import (
     read_results,
 )
 from reweight.io import write_text_atomic
-from reweight.models import DTYPE_CHOICES, load_model, load_shared_tokenizer, load_tokenizer
+from reweight.models import DTYPE_CHOICES, load_model, load_shared_tokenizer, load_tokenizer, resolve_model_path
 
 
 def _dataset_args(p: argparse.ArgumentParser, required: bool) -> None:
@@ -135,6 +135,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         "source": "sample", "model": args.model, "data": str(args.data), "backend": args.backend,
         "n": args.n, "temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens,
         "seed": args.seed, "chat_template": not args.no_chat_template, "scorer": args.scorer,
+        # what --model stood for (a verl experiment dir: its latest step), so a resume after more training refuses
+        "model_path": resolve_model_path(args.model),
     }
     writer = ResultsWriter(args.out, meta)
     for p in problems:
