@@ -28,7 +28,16 @@ import torch
 from verl.trainer.ppo.core_algos import compute_policy_loss_vanilla, register_policy_loss
 from verl.workers.config import PolicyLossConfig
 
-from reweight.weights import APPLY_TO, PROB_SOURCES, SCHEMES, sampled_token_prob, select_by_sign, token_weights, validate
+from reweight.weights import (
+    APPLY_TO,
+    DEFAULT_ALPHA,
+    PROB_SOURCES,
+    SCHEMES,
+    sampled_token_prob,
+    select_by_sign,
+    token_weights,
+    validate,
+)
 
 LOSS_MODE = "reweight"
 CONFIG_TARGET = "reweight.loss.ReweightPolicyLossConfig"
@@ -61,7 +70,7 @@ class ReweightPolicyLossConfig(PolicyLossConfig):
 
     loss_mode: str = LOSS_MODE
     scheme: str = "low_prob"
-    alpha: float = 0.2
+    alpha: float = DEFAULT_ALPHA
     prob_source: str = "old"
     apply_to: str = "all"
 
@@ -218,6 +227,7 @@ def compute_policy_loss_reweight(
 __all__ = [
     "APPLY_TO",
     "CONFIG_TARGET",
+    "DEFAULT_ALPHA",
     "LOSS_MODE",
     "PROB_SOURCES",
     "ReweightPolicyLossConfig",

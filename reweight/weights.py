@@ -32,6 +32,8 @@ import torch
 SCHEMES = ("none", "low_prob", "dominate", "focal", "middle", "normalize")
 PROB_SOURCES = ("old", "current")
 APPLY_TO = ("all", "positive", "negative")
+# The config's default α (the paper's value for Qwen2.5-Math-7B), shared by every scheme.
+DEFAULT_ALPHA = 0.2
 
 
 def weight_none(prob: torch.Tensor, alpha: float) -> torch.Tensor:

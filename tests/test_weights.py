@@ -204,3 +204,25 @@ def test_dry_run_cli_refuses_normalize_with_alpha_zero(tmp_path):
     assert out.returncode != 0
     assert f"{KEY}.alpha=0.0 with {KEY}.scheme=normalize: alpha must be > 0" in out.stderr
     assert "dry run: config checked" not in out.stdout
+
+
+def test_plot_script_draws_every_scheme(tmp_path):
+    """docs/plot_weights.py (which made the committed docs/weights.png) runs and writes a readable PNG."""
+    import importlib.util
+    from pathlib import Path
+
+    from PIL import Image
+
+    script = Path(__file__).resolve().parents[1] / "docs" / "plot_weights.py"
+    spec = importlib.util.spec_from_file_location("plot_weights", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    p, ws = module.curves(0.2, points=11)
+    assert list(ws) == list(SCHEMES)
+    for scheme, w in ws.items():
+        assert torch.allclose(w, torch.tensor([closed_form(x, scheme, 0.2) for x in p.tolist()], dtype=torch.float64))
+    out = module.plot(0.2, tmp_path / "w.png")
+    with Image.open(out) as image:
+        assert image.format == "PNG" and image.size[0] > 800
+    with Image.open(script.with_name("weights.png")) as committed:
+        assert committed.format == "PNG"
