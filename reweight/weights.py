@@ -9,9 +9,9 @@ update: they are computed from detached probabilities and never carry gradient.
 | ``none``     | 1                    | plain DAPO (Yu et al., arXiv 2503.14476)                 |
 | ``low_prob`` | 1 + α(1 − p)         | this paper (default; α = 0.2 Qwen2.5-Math-7B, 0.1 Qwen3-8B-Base) |
 | ``dominate`` | α·p + (1 − α)        | Yang et al., arXiv 2505.12929 (downweights rare tokens)  |
-| ``focal``    | (1 − p)^α            | focal-loss-style weight                                  |
-| ``middle``   | α + p(1 − p)         | variant in the authors' code for this paper: peaks at p = 0.5 |
-| ``normalize``| 1 / (1 + α − p)      | control from this paper's Lemma 3.1: w·(1 − p) ≈ 1, equal-size updates; α > 0 |
+| ``focal``    | (1 − p)^α            | focal-loss-style weight (Lin et al., arXiv 1708.02002)   |
+| ``middle``   | α + p(1 − p)         | variant in this paper's released code; peaks at p = 0.5  |
+| ``normalize``| 1 / (1 + α − p)      | control from this paper's Lemma 3.1: w·(1 − p) ≈ 1; α > 0 |
 
 Why ``low_prob`` (the paper's Lemma 3.1): the ℓ1 norm of the logit gradient of a token's term is
 2|Â|(1 − π(y_t)), so RLVR already concentrates on low-probability tokens, and those carry the
