@@ -6,7 +6,8 @@ lets through silently or only reports from inside a Ray worker, minutes into a j
 - legacy reward keys that verl 0.9.x ignores or rewrites (``reward_model.reward_manager``,
   ``reward_model.overlong_buffer``, ...): refused, with the key to write instead;
 - loss_mode ``reweight`` without our config class (verl's ``PolicyLossConfig`` has no
-  scheme/alpha/prob_source), our config class with another loss_mode, bad scheme/alpha/prob_source;
+  scheme/alpha/prob_source/apply_to), our config class with another loss_mode, bad
+  scheme/alpha/prob_source/apply_to (e.g. scheme normalize with alpha 0), each error naming its key;
 - a loss_mode that is not registered in this process (our plugin did not load);
 - an unknown math scorer for our reward function (``reward.custom_reward_function.reward_kwargs.scorer``);
 - actor and rollout model configs that can disagree: ``actor_rollout_ref.model.override_config`` edits
@@ -86,7 +87,8 @@ def check_policy_loss(cfg: DictConfig) -> Any:
         cause = e
         while cause.__cause__ is not None:
             cause = cause.__cause__
-        raise ConfigError(f"{POLICY_LOSS}: {cause}") from e
+        message = str(cause)  # our config class already names the full key; verl's errors may not
+        raise ConfigError(message if POLICY_LOSS in message else f"{POLICY_LOSS}: {message}") from e
 
 
 SCORER_KEY = "reward.custom_reward_function.reward_kwargs.scorer"

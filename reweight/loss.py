@@ -7,8 +7,8 @@
 dual clip (``clip_ratio_c``) for Ã < 0, the ratio exp(clamp(log π − log π_old, ±20)), optional
 ``rollout_is_weights``, and aggregation over the *global* batch (``config.global_batch_info``), so
 the loss is invariant to data-parallel size and micro-batching. Because w > 0 (or w >= 0) never flips
-the sign of Â, the clipping regions are the same as DAPO's; with w ≡ 1 (scheme ``none`` or α = 0)
-the loss *is* verl's ``vanilla`` loss, bit for bit.
+the sign of Â, the clipping regions are the same as DAPO's; with w ≡ 1 (scheme ``none``, or α = 0
+for ``low_prob`` / ``dominate`` / ``focal``) the loss *is* verl's ``vanilla`` loss, bit for bit.
 
 Select it with Hydra overrides (the ``configs/dapo_reweight.yaml`` preset does this)::
 
@@ -16,6 +16,7 @@ Select it with Hydra overrides (the ``configs/dapo_reweight.yaml`` preset does t
     actor_rollout_ref.actor.policy_loss.loss_mode=reweight
     actor_rollout_ref.actor.policy_loss.scheme=low_prob
     actor_rollout_ref.actor.policy_loss.alpha=0.2
+    actor_rollout_ref.actor.policy_loss.apply_to=all
 """
 
 from __future__ import annotations
@@ -27,7 +28,16 @@ import torch
 from verl.trainer.ppo.core_algos import compute_policy_loss_vanilla, register_policy_loss
 from verl.workers.config import PolicyLossConfig
 
-from reweight.weights import PROB_SOURCES, SCHEMES, sampled_token_prob, token_weights, validate
+from reweight.weights import (
+    APPLY_TO,
+    DEFAULT_ALPHA,
+    PROB_SOURCES,
+    SCHEMES,
+    sampled_token_prob,
+    select_by_sign,
+    token_weights,
+    validate,
+)
 
 LOSS_MODE = "reweight"
 CONFIG_TARGET = "reweight.loss.ReweightPolicyLossConfig"
@@ -44,18 +54,25 @@ class ReweightPolicyLossConfig(PolicyLossConfig):
 
     Args:
         loss_mode (str): must be ``"reweight"`` (the loss registered by this module).
-        scheme (str): token weight, one of ``none``, ``low_prob``, ``dominate``, ``focal``
-            (see :mod:`reweight.weights`). Default ``low_prob``, the paper's w = 1 + α(1 − p).
-        alpha (float): the scheme's strength α >= 0. Default 0.2, the paper's value for
-            Qwen2.5-Math-7B (0.1 for Qwen3-8B-Base). α = 0 reproduces DAPO exactly.
+        scheme (str): token weight, one of ``none``, ``low_prob``, ``dominate``, ``focal``,
+            ``middle``, ``normalize`` (formulas and sources in :mod:`reweight.weights`). Default
+            ``low_prob``, the paper's w = 1 + α(1 − p).
+        alpha (float): the scheme's strength α >= 0 (> 0 for ``normalize``, <= 1 for ``dominate``).
+            Default 0.2, the paper's value for Qwen2.5-Math-7B (0.1 for Qwen3-8B-Base). α = 0
+            reproduces DAPO exactly for ``low_prob``, ``dominate`` and ``focal``.
         prob_source (str): where p comes from: ``old`` (π_θold of the rollout, verl's
             ``old_log_prob``; the paper's, default) or ``current`` (detached π_θ).
+        apply_to (str): which tokens the weight applies to: ``all`` (default, the paper's),
+            ``positive`` (advantage > 0) or ``negative`` (advantage < 0); the others keep w = 1.
+            The sign selection asks which samples gain from the weight (arXiv 2603.22117's question;
+            see also Zhu et al., arXiv 2506.01347, on positive vs negative samples).
     """
 
     loss_mode: str = LOSS_MODE
     scheme: str = "low_prob"
-    alpha: float = 0.2
+    alpha: float = DEFAULT_ALPHA
     prob_source: str = "old"
+    apply_to: str = "all"
 
     def __post_init__(self):
         if self.loss_mode != LOSS_MODE:
@@ -66,11 +83,11 @@ class ReweightPolicyLossConfig(PolicyLossConfig):
         # OmegaConf hands integers through for float fields written as `alpha=1`.
         if isinstance(self.alpha, int) and not isinstance(self.alpha, bool):
             object.__setattr__(self, "alpha", float(self.alpha))
-        validate(self.scheme, self.alpha, self.prob_source, prefix=f"{POLICY_LOSS_KEY}.")
+        validate(self.scheme, self.alpha, self.prob_source, apply_to=self.apply_to, prefix=f"{POLICY_LOSS_KEY}.")
 
 
-def _settings(config: Any) -> tuple[str, float, str]:
-    """(scheme, alpha, prob_source) from the actor config, or a clear error if ours is not in use."""
+def _settings(config: Any) -> tuple[str, float, str, str]:
+    """(scheme, alpha, prob_source, apply_to) from the actor config, or a clear error if ours is not in use."""
     policy_loss = None if config is None else config.get("policy_loss", None)
     # verl's BaseConfig raises AttributeError (not KeyError) for `in`, so probe with .get
     if policy_loss is None or any(policy_loss.get(k, None) is None for k in ("scheme", "alpha", "prob_source")):
@@ -80,9 +97,12 @@ def _settings(config: Any) -> tuple[str, float, str]:
             f"got {type(policy_loss).__name__}"
         )
     scheme, alpha, prob_source = policy_loss["scheme"], float(policy_loss["alpha"]), policy_loss["prob_source"]
+    apply_to = policy_loss.get("apply_to", None)
+    if apply_to is None:  # a plain dict written before apply_to existed: the weight applies to every token
+        apply_to = "all"
     if not isinstance(policy_loss, ReweightPolicyLossConfig):  # a plain dict / DictConfig: not validated yet
-        validate(scheme, alpha, prob_source, prefix=f"{POLICY_LOSS_KEY}.")
-    return scheme, alpha, prob_source
+        validate(scheme, alpha, prob_source, apply_to=apply_to, prefix=f"{POLICY_LOSS_KEY}.")
+    return scheme, alpha, prob_source, apply_to
 
 
 @torch.no_grad()
@@ -94,10 +114,13 @@ def reweight_advantages(
     scheme: str,
     alpha: float,
     prob_source: str,
+    apply_to: str = "all",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Ã = w(p)·Â and the statistics behind the metrics, with no host sync (so it can be compiled).
 
-    Args: ``(batch, response_len)`` tensors as for the loss; the scheme settings.
+    Args: ``(batch, response_len)`` tensors as for the loss; the scheme settings. With ``apply_to``
+    ``positive`` / ``negative`` only tokens with Â > 0 / Â < 0 are weighted (the others keep w = 1),
+    and the statistics describe the weights actually applied.
 
     Returns:
         ``(weighted_advantages, stats)``: Ã in the dtype of ``advantages``, ``(batch, response_len)``,
@@ -106,7 +129,7 @@ def reweight_advantages(
     """
     mask = response_mask.bool()
     prob = sampled_token_prob(old_log_prob, log_prob, prob_source)
-    weights = token_weights(prob, scheme, alpha)
+    weights = select_by_sign(token_weights(prob, scheme, alpha), advantages, apply_to)
     inf = torch.finfo(torch.float32).max
     p, w = prob.float(), weights.float()
     stats = torch.stack(
@@ -183,9 +206,11 @@ def compute_policy_loss_reweight(
         ``(loss, metrics)``: the scalar loss, verl's ``vanilla`` metrics (``actor/pg_clipfrac``,
         ``actor/ppo_kl``, ``actor/pg_clipfrac_lower``) and ours (``actor/reweight/...``).
     """
-    scheme, alpha, prob_source = _settings(config)
+    scheme, alpha, prob_source, apply_to = _settings(config)
     weigh = _fused_reweight_advantages() if config.get("use_torch_compile", False) else reweight_advantages
-    weighted_advantages, stats = weigh(old_log_prob, log_prob, advantages, response_mask, scheme, alpha, prob_source)
+    weighted_advantages, stats = weigh(
+        old_log_prob, log_prob, advantages, response_mask, scheme, alpha, prob_source, apply_to
+    )
     loss, metrics = compute_policy_loss_vanilla(
         old_log_prob=old_log_prob,
         log_prob=log_prob,
@@ -200,7 +225,9 @@ def compute_policy_loss_reweight(
 
 
 __all__ = [
+    "APPLY_TO",
     "CONFIG_TARGET",
+    "DEFAULT_ALPHA",
     "LOSS_MODE",
     "PROB_SOURCES",
     "ReweightPolicyLossConfig",

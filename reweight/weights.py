@@ -4,16 +4,23 @@ Each scheme maps the probability ``p`` of a sampled token to a weight ``w`` that
 token's advantage, Ã_t = w_t · Â_t (arXiv 2603.22117, Eq. 8). Weights are constants of the
 update: they are computed from detached probabilities and never carry gradient.
 
-| scheme     | w(p)                 | source                                              |
-|------------|----------------------|-----------------------------------------------------|
-| ``none``   | 1                    | plain DAPO (Yu et al., arXiv 2503.14476)            |
-| ``low_prob`` | 1 + α(1 − p)       | this paper (default; α = 0.2 Qwen2.5-Math-7B, 0.1 Qwen3-8B-Base) |
-| ``dominate`` | α·p + (1 − α)      | Yang et al., arXiv 2505.12929 (downweights rare tokens) |
-| ``focal``  | (1 − p)^α            | focal-loss-style weight                             |
+| scheme       | w(p)                 | source                                                   |
+|--------------|----------------------|----------------------------------------------------------|
+| ``none``     | 1                    | plain DAPO (Yu et al., arXiv 2503.14476)                 |
+| ``low_prob`` | 1 + α(1 − p)         | this paper (default; α = 0.2 Qwen2.5-Math-7B, 0.1 Qwen3-8B-Base) |
+| ``dominate`` | α·p + (1 − α)        | Yang et al., arXiv 2505.12929 (downweights rare tokens)  |
+| ``focal``    | (1 − p)^α            | focal-loss-style weight (Lin et al., arXiv 1708.02002)   |
+| ``middle``   | α + p(1 − p)         | variant in this paper's released code; peaks at p = 0.5  |
+| ``normalize``| 1 / (1 + α − p)      | control from this paper's Lemma 3.1: w·(1 − p) ≈ 1; α > 0 |
 
 Why ``low_prob`` (the paper's Lemma 3.1): the ℓ1 norm of the logit gradient of a token's term is
 2|Â|(1 − π(y_t)), so RLVR already concentrates on low-probability tokens, and those carry the
-large positive Δlog p that separates the RL model from its base.
+large positive Δlog p that separates the RL model from its base. ``normalize`` cancels that
+(1 − p) factor, so it asks whether *concentrating* on low-probability tokens is what helps.
+
+Sign selection (``apply_to``): ``all`` weights every token; ``positive`` / ``negative`` weight only
+tokens whose advantage is > 0 / < 0, the others keep w = 1 (which half of the samples gains from the
+weight). ``docs/weights.md`` describes every scheme; ``docs/weights.png`` plots w(p).
 """
 
 from __future__ import annotations
@@ -22,22 +29,78 @@ import math
 
 import torch
 
-SCHEMES = ("none", "low_prob", "dominate", "focal")
+SCHEMES = ("none", "low_prob", "dominate", "focal", "middle", "normalize")
 PROB_SOURCES = ("old", "current")
+APPLY_TO = ("all", "positive", "negative")
+# The config's default α (the paper's value for Qwen2.5-Math-7B), shared by every scheme.
+DEFAULT_ALPHA = 0.2
 
 
-def validate(scheme: str, alpha: float, prob_source: str = "old", *, prefix: str = "") -> None:
+def weight_none(prob: torch.Tensor, alpha: float) -> torch.Tensor:
+    """w = 1 (plain DAPO); ``(batch, response_len)`` -> same shape."""
+    return torch.ones_like(prob)
+
+
+def weight_low_prob(prob: torch.Tensor, alpha: float) -> torch.Tensor:
+    """w = 1 + α(1 − p), in [1, 1 + α] (arXiv 2603.22117, Eq. 8); ``(batch, response_len)``."""
+    return 1 + alpha * (1 - prob)
+
+
+def weight_dominate(prob: torch.Tensor, alpha: float) -> torch.Tensor:
+    """w = α·p + (1 − α), in [1 − α, 1] (arXiv 2505.12929); ``(batch, response_len)``."""
+    return alpha * prob + (1 - alpha)
+
+
+def weight_focal(prob: torch.Tensor, alpha: float) -> torch.Tensor:
+    """w = (1 − p)^α, in [0, 1] (focal-loss style; 0^0 = 1); ``(batch, response_len)``."""
+    return (1 - prob).pow(alpha)
+
+
+def weight_middle(prob: torch.Tensor, alpha: float) -> torch.Tensor:
+    """w = α + p(1 − p), in [α, α + 1/4], largest at p = 0.5; ``(batch, response_len)``."""
+    return alpha + prob * (1 - prob)
+
+
+def weight_normalize(prob: torch.Tensor, alpha: float) -> torch.Tensor:
+    """w = 1 / (1 + α − p), in [1/(1 + α), 1/α] for α > 0; ``(batch, response_len)``.
+
+    Computed as 1 / ((1 − p) + α) with p clamped to <= 1: in low precision 1 + α can round to 1
+    for small α, and 1 − p >= 0 keeps the denominator >= α, so w stays finite.
+    """
+    return ((1 - prob.clamp(max=1)) + alpha).reciprocal()
+
+
+SCHEME_WEIGHTS = {
+    "none": weight_none,
+    "low_prob": weight_low_prob,
+    "dominate": weight_dominate,
+    "focal": weight_focal,
+    "middle": weight_middle,
+    "normalize": weight_normalize,
+}
+
+
+def validate(
+    scheme: str, alpha: float, prob_source: str = "old", *, apply_to: str = "all", prefix: str = ""
+) -> None:
     """Raise ``ValueError`` naming the offending key (``prefix`` + field) for bad settings."""
     if scheme not in SCHEMES:
         raise ValueError(f"{prefix}scheme={scheme!r} is not a known scheme; choose one of {list(SCHEMES)}")
     if prob_source not in PROB_SOURCES:
         raise ValueError(f"{prefix}prob_source={prob_source!r} is not known; choose one of {list(PROB_SOURCES)}")
+    if apply_to not in APPLY_TO:
+        raise ValueError(f"{prefix}apply_to={apply_to!r} is not known; choose one of {list(APPLY_TO)}")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
         raise ValueError(f"{prefix}alpha must be a real number, got {alpha!r}")
     if not math.isfinite(alpha) or alpha < 0:
         raise ValueError(f"{prefix}alpha must be finite and >= 0, got {alpha!r}")
     if scheme == "dominate" and alpha > 1:
         raise ValueError(f"{prefix}alpha must be <= 1 for scheme 'dominate' (w = α·p + 1 − α >= 0), got {alpha!r}")
+    if scheme == "normalize" and alpha == 0:
+        raise ValueError(
+            f"{prefix}alpha={alpha!r} with {prefix}scheme=normalize: alpha must be > 0 "
+            f"(w = 1 / (1 + α − p) is infinite at p = 1 when α = 0)"
+        )
 
 
 @torch.no_grad()
@@ -47,20 +110,36 @@ def token_weights(prob: torch.Tensor, scheme: str, alpha: float) -> torch.Tensor
     Args:
         prob: probability of each sampled token, ``(batch, response_len)``, in [0, 1].
         scheme: one of :data:`SCHEMES`.
-        alpha: the scheme's strength α (>= 0).
+        alpha: the scheme's strength α (>= 0; > 0 for ``normalize``).
 
     Returns:
         ``(batch, response_len)`` weights, same dtype as ``prob``, detached.
     """
-    if scheme == "none":
-        return torch.ones_like(prob)
-    if scheme == "low_prob":
-        return 1 + alpha * (1 - prob)
-    if scheme == "dominate":
-        return alpha * prob + (1 - alpha)
-    if scheme == "focal":
-        return (1 - prob).pow(alpha)
-    raise ValueError(f"scheme={scheme!r} is not a known scheme; choose one of {list(SCHEMES)}")
+    fn = SCHEME_WEIGHTS.get(scheme)
+    if fn is None:
+        raise ValueError(f"scheme={scheme!r} is not a known scheme; choose one of {list(SCHEMES)}")
+    return fn(prob, alpha)
+
+
+@torch.no_grad()
+def select_by_sign(weights: torch.Tensor, advantages: torch.Tensor, apply_to: str) -> torch.Tensor:
+    """Keep ``weights`` where the advantage has the ``apply_to`` sign, 1 elsewhere (no host sync).
+
+    Args:
+        weights: token weights, ``(batch, response_len)``.
+        advantages: Â, ``(batch, response_len)``.
+        apply_to: ``all`` (weights unchanged), ``positive`` (Â > 0) or ``negative`` (Â < 0).
+
+    Returns:
+        ``(batch, response_len)`` weights, dtype of ``weights``; tokens with Â = 0 get 1 unless ``all``.
+    """
+    if apply_to == "all":
+        return weights
+    if apply_to == "positive":
+        return torch.where(advantages > 0, weights, 1.0)
+    if apply_to == "negative":
+        return torch.where(advantages < 0, weights, 1.0)
+    raise ValueError(f"apply_to={apply_to!r} is not known; choose one of {list(APPLY_TO)}")
 
 
 def sampled_token_prob(old_log_prob: torch.Tensor, log_prob: torch.Tensor, prob_source: str) -> torch.Tensor:

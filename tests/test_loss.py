@@ -10,7 +10,7 @@ from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY, compute_policy_los
 from verl.workers.config import FSDPActorConfig, PolicyLossConfig
 
 from reweight.loss import ReweightPolicyLossConfig, compute_policy_loss_reweight
-from reweight.weights import token_weights
+from reweight.weights import APPLY_TO, SCHEMES, token_weights
 
 AGG_MODES = ["token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 EPS_LOW, EPS_HIGH, CLIP_C = 0.2, 0.28, 10.0
@@ -91,8 +91,10 @@ def test_low_prob_matches_float64_reference(alpha):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("with_is_weights", [False, True])
-@pytest.mark.parametrize("policy_loss", [ReweightPolicyLossConfig(scheme="none"), ReweightPolicyLossConfig(alpha=0.0)])
-def test_no_weighting_equals_verl_vanilla_exactly(dtype, with_is_weights, policy_loss):
+@pytest.mark.parametrize("apply_to", APPLY_TO)
+@pytest.mark.parametrize("settings", [dict(scheme="none"), dict(alpha=0.0), dict(scheme="dominate", alpha=0.0)])
+def test_no_weighting_equals_verl_vanilla_exactly(dtype, with_is_weights, settings, apply_to):
+    policy_loss = ReweightPolicyLossConfig(**settings, apply_to=apply_to)
     old, cur, adv, mask = make_batch(dtype=dtype, seed=3)
     is_w = torch.rand(old.shape, generator=torch.Generator().manual_seed(9)).to(dtype) if with_is_weights else None
     ours = loss_and_grad(compute_policy_loss_reweight, old, cur, adv, mask, actor_config(policy_loss), is_w)
@@ -139,16 +141,46 @@ def test_rollout_is_weights_multiply_the_reweighted_loss():
     assert torch.allclose(with_w, (per_token * m).sum() / m.sum(), rtol=1e-12)
 
 
-@pytest.mark.parametrize("scheme,alpha", [("dominate", 0.2), ("focal", 0.5), ("low_prob", 0.2)])
-def test_other_schemes_scale_advantages_by_their_closed_form(scheme, alpha):
+def closed_form_weights(p: torch.Tensor, scheme: str, alpha: float) -> torch.Tensor:
+    """Each scheme's w(p) written out independently of reweight.weights (float64)."""
+    return {
+        "none": torch.ones_like(p),
+        "low_prob": 1 + alpha - alpha * p,
+        "dominate": alpha * p + 1 - alpha,
+        "focal": torch.exp(alpha * torch.log1p(-p)),  # (1 - p)^α, p < 1 here
+        "middle": alpha + p - p * p,
+        "normalize": 1 / (1 + alpha - p),
+    }[scheme]
+
+
+def sign_selected(w: torch.Tensor, adv: torch.Tensor, apply_to: str) -> torch.Tensor:
+    """The reference sign selection: 1 on tokens whose advantage does not have the chosen sign."""
+    keep = {"all": torch.ones_like(adv, dtype=torch.bool), "positive": adv > 0, "negative": adv < 0}[apply_to]
+    return torch.where(keep, w, torch.ones_like(w))
+
+
+@pytest.mark.parametrize("apply_to", APPLY_TO)
+@pytest.mark.parametrize(
+    "scheme,alpha",
+    [("dominate", 0.2), ("focal", 0.5), ("low_prob", 0.2), ("middle", 0.2), ("normalize", 0.2), ("normalize", 0.05)],
+)
+def test_every_scheme_scales_advantages_by_its_closed_form(scheme, alpha, apply_to):
     old, cur, adv, mask = make_batch(dtype=torch.float64, seed=6)
+    assert (adv > 0).any() and (adv < 0).any()
     p = old.exp()
-    closed = {"dominate": alpha * p + 1 - alpha, "focal": (1 - p) ** alpha, "low_prob": 1 + alpha * (1 - p)}[scheme]
+    closed = closed_form_weights(p, scheme, alpha)
     assert torch.allclose(token_weights(p, scheme, alpha), closed, rtol=1e-14)
-    cfg = actor_config(ReweightPolicyLossConfig(scheme=scheme, alpha=alpha))
-    ours, grad, _ = loss_and_grad(compute_policy_loss_reweight, old, cur, adv, mask, cfg)
-    vanilla, vgrad, _ = loss_and_grad(compute_policy_loss_vanilla, old, cur, adv * closed, mask, actor_config(PolicyLossConfig()))
+    cfg = actor_config(ReweightPolicyLossConfig(scheme=scheme, alpha=alpha, apply_to=apply_to))
+    ours, grad, metrics = loss_and_grad(compute_policy_loss_reweight, old, cur, adv, mask, cfg)
+    applied = sign_selected(closed, adv, apply_to)
+    vanilla, vgrad, _ = loss_and_grad(compute_policy_loss_vanilla, old, cur, adv * applied, mask, actor_config(PolicyLossConfig()))
     assert torch.allclose(ours, vanilla, rtol=1e-12) and torch.allclose(grad, vgrad, rtol=1e-12, atol=1e-15)
+    # The metrics describe the weights actually applied.
+    assert metrics["actor/reweight/weight_mean"] == pytest.approx(applied[mask].mean().item(), rel=1e-6)
+    assert metrics["actor/reweight/weight_max"] == pytest.approx(applied[mask].max().item(), rel=1e-6)
+    # Not a no-op: the weighting changes the loss.
+    plain, *_ = loss_and_grad(compute_policy_loss_vanilla, old, cur, adv, mask, actor_config(PolicyLossConfig()))
+    assert not torch.allclose(ours, plain)
 
 
 def test_prob_source_current_uses_detached_current_policy():
@@ -158,6 +190,21 @@ def test_prob_source_current_uses_detached_current_policy():
     w = 1 + 0.3 * (1 - cur.exp())  # a constant: no gradient flows through the weight
     ref, rgrad, _ = loss_and_grad(compute_policy_loss_vanilla, old, cur, adv * w, mask, actor_config(PolicyLossConfig()))
     assert torch.equal(ours, ref) and torch.equal(grad, rgrad)
+
+
+@pytest.mark.parametrize("apply_to", APPLY_TO)
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_metric_keys_are_the_same_for_every_scheme_and_micro_batch(scheme, apply_to):
+    old, cur, adv, mask = make_batch(seed=8)
+    cfg = actor_config(ReweightPolicyLossConfig(scheme=scheme, apply_to=apply_to))
+    reference = actor_config(ReweightPolicyLossConfig())
+    _, _, base = loss_and_grad(compute_policy_loss_reweight, old, cur, adv, mask, reference)
+    _, _, full = loss_and_grad(compute_policy_loss_reweight, old, cur, adv, mask, cfg)
+    _, _, empty = loss_and_grad(compute_policy_loss_reweight, old[:1], cur[:1], adv[:1], torch.zeros_like(mask[:1]), cfg)
+    one_sign = adv[:2].abs()  # a micro-batch whose advantages all have one sign (nothing to weight for `negative`)
+    _, _, positive = loss_and_grad(compute_policy_loss_reweight, old[:2], cur[:2], one_sign, mask[:2], cfg)
+    assert full.keys() == empty.keys() == positive.keys() == base.keys()
+    assert all(isinstance(v, float) and math.isfinite(v) for m in (full, empty, positive) for v in m.values())
 
 
 def test_metrics_are_scalars_with_stable_keys():
@@ -196,11 +243,14 @@ def _global_info(mask_full: torch.Tensor, dp_size: int) -> dict:
     return dict(dp_size=dp_size, batch_num_tokens=int(mask_full.sum()), global_batch_size=mask_full.shape[0])
 
 
+@pytest.mark.parametrize("apply_to", APPLY_TO)
+@pytest.mark.parametrize("scheme", SCHEMES)
 @pytest.mark.parametrize("loss_agg_mode", AGG_MODES)
 @pytest.mark.parametrize("dp_size,micro_batches", [(1, 1), (1, 2), (1, 4), (2, 1), (2, 2), (4, 1), (4, 2)])
-def test_gradient_invariant_to_data_parallel_and_micro_batching(loss_agg_mode, dp_size, micro_batches):
+def test_gradient_invariant_to_data_parallel_and_micro_batching(loss_agg_mode, dp_size, micro_batches, scheme, apply_to):
     old, cur, adv, mask = make_batch(batch=16, length=9, dtype=torch.float64, seed=11)
-    policy_loss = ReweightPolicyLossConfig(alpha=0.2)
+    assert (adv > 0).any() and (adv < 0).any()  # both signs, so `positive` / `negative` select something
+    policy_loss = ReweightPolicyLossConfig(scheme=scheme, alpha=0.2, apply_to=apply_to)
     whole_cfg = actor_config(policy_loss, loss_agg_mode, **_global_info(mask, 1))
     _, whole_grad, _ = loss_and_grad(compute_policy_loss_reweight, old, cur, adv, mask, whole_cfg)
 
@@ -260,6 +310,11 @@ def test_registered_in_verl_and_called_through_ppo_loss():
         (dict(scheme="uniform"), "scheme"),
         (dict(prob_source="ref"), "prob_source"),
         (dict(scheme="dominate", alpha=1.5), "alpha"),
+        (dict(scheme="normalize", alpha=0.0), "alpha"),
+        (dict(scheme="normalize", alpha=0), "alpha"),
+        (dict(scheme="middle", alpha=-0.5), "alpha"),
+        (dict(apply_to="pos"), "apply_to"),
+        (dict(apply_to="ALL"), "apply_to"),
         (dict(loss_mode="vanilla"), "loss_mode"),
     ],
 )
