@@ -39,6 +39,7 @@ from reweight.study.spec import BASELINE_ARM, StudyInputError, StudySpec
 
 LAUNCHERS = ("local", "ray", "slurm")
 SEED_KEY = "seed"
+SAVE_CONTENTS_KEY = "actor_rollout_ref.actor.checkpoint.save_contents"
 FILE_LOGGER_ENV = "++ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH"
 
 
@@ -174,6 +175,9 @@ class Study:
                 ]
                 if int(cfg.trainer.save_freq or 0) <= 0:  # the final model must be saved to be evaluated
                     run_overrides.append(f"trainer.save_freq={total}")
+                contents = list(OmegaConf.select(cfg, SAVE_CONTENTS_KEY, default=[]) or [])
+                if "hf_model" not in contents:  # full-precision HF weights (verl's merger would write bf16)
+                    run_overrides.append(f"{SAVE_CONTENTS_KEY}=[{','.join([*contents, 'hf_model'])}]")
                 self._compose(run_overrides, f"arm {arm!r} (seed {seed})")
                 self.runs.append(Run(arm, seed, run_overrides, root, total))
         if write:
