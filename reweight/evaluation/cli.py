@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     _scorer_arg(f)
 
     u = sub.add_parser(
-        "support", help="Invisible Leash support / entropy metrics of a base and an RL model (from results files; models only for token entropy)"
+        "support",
+        help="Invisible Leash support / entropy metrics of a base and an RL model (from results files; models only for token entropy)",
     )
     u.add_argument("--base-model", default=None, help="base checkpoint (only for token entropy)")
     u.add_argument("--rl-model", default=None, help="RL checkpoint (only for token entropy)")
@@ -236,13 +237,17 @@ def cmd_support(args: argparse.Namespace) -> int:
     try:
         done = {uid: ProblemSupport(**rec) for uid, rec in log.records.items()}
     except TypeError:
-        raise EvalInputError(f"support rows file {rows_path!r} was written by an older support estimator; remove it or use another --out") from None
+        raise EvalInputError(
+            f"support rows file {rows_path!r} was written by an older support estimator; remove it or use another --out"
+        ) from None
     scorer = None
     if token_entropy and any(b.uid not in done for b, _ in pairs):
         tokenizer = load_tokenizer(args.base_model)
         rl_tokenizer = load_tokenizer(args.rl_model)
         if rl_tokenizer.get_vocab() != tokenizer.get_vocab():
-            raise EvalInputError(f"tokenizers of {args.base_model!r} and {args.rl_model!r} differ; token entropy needs one shared tokenizer")
+            raise EvalInputError(
+                f"tokenizers of {args.base_model!r} and {args.rl_model!r} differ; token entropy needs one shared tokenizer"
+            )
         device = _device(args.device)
         base_model = load_model(args.base_model, device, args.dtype)
         rl_model = load_model(args.rl_model, device, args.dtype)

@@ -157,7 +157,9 @@ def support_caption(support: Mapping[str, Any]) -> str:
         return (f"{pair}; ε = {eps if eps is None else f'{eps:.4g}'} (k = {support.get('k')}). Counts of distinct correct "
                 "completions above ε, pooled over problems; n/a = zero denominator. Entropies in nats.")
     eps = support.get("epsilon")
-    bound = f" (a problem unsolved in k samples has success probability ≤ {eps:.3g} with confidence {1 - support['zeta']:.2f})" if eps else ""
+    bound = ""
+    if eps:
+        bound = f" (an answer never drawn in k samples has probability ≤ {eps:.3g} at confidence {1 - support['zeta']:.2f})"
     return (
         f"{pair}, budget k = {support['k']}: a problem's correct answer is in a model's empirical support when one of "
         f"its first k samples is correct{bound}. P: both models, S: base only, E: RL only, O: neither; counts of "

@@ -45,6 +45,7 @@ Entropies (nats), on the same first k samples of each model:
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections import Counter
@@ -146,14 +147,30 @@ def _text_key(answer: str) -> str:
     return "".join(answer.split())
 
 
-def answers_equivalent(a: str | None, b: str | None, data_source: str | None = None) -> bool:
-    """Whether two final answers are one mathematical answer for ``data_source``'s checker (None = no answer)."""
-    if a is None or b is None:
-        return a is None and b is None
-    if _text_key(a) == _text_key(b):
-        return True
+_INTEGER = re.compile(r"[+-]?\d+")
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _checker_equivalent(data_source: str | None, a: str, b: str) -> bool:
     check = get_checker(data_source)
     return bool(check(f"\\boxed{{{a}}}", b) or check(f"\\boxed{{{b}}}", a))
+
+
+def answers_equivalent(a: str | None, b: str | None, data_source: str | None = None) -> bool:
+    """Whether two final answers are one mathematical answer for ``data_source``'s checker (None = no answer).
+
+    Equal whitespace-free texts are equal without a checker call, and so are two plain integers
+    compared by value (what every checker here concludes, ``math_verify`` in milliseconds); other
+    pairs go to the checker, either direction, cached per (data source, pair).
+    """
+    if a is None or b is None:
+        return a is None and b is None
+    ka, kb = _text_key(a), _text_key(b)
+    if ka == kb:
+        return True
+    if _INTEGER.fullmatch(ka) and _INTEGER.fullmatch(kb):
+        return int(ka) == int(kb)
+    return _checker_equivalent(data_source, *sorted((a.strip(), b.strip())))
 
 
 def answer_classes(answers: Sequence[str | None], data_source: str | None = None) -> list[int]:
