@@ -17,6 +17,7 @@ from reweight.evaluation.records import EvalInputError, ProblemResult, write_res
 from reweight.evaluation.sampling import render_prompt
 from reweight.evaluation.support import (
     SupportCounts,
+    _checker_equivalent,
     aggregate_support,
     answer_classes,
     answer_entropy,
@@ -158,6 +159,11 @@ def test_answer_entropy_groups_mathematically_equal_answers():
     assert answer_classes(["5", "05", " 5", "6", "1/2", "0.5"], "synthetic_arith") == [0, 0, 0, 1, 2, 3]
     assert answer_entropy(["7"] * 5, "synthetic_arith") == 0.0
     assert answer_entropy([None, None], "math_dapo") == 0.0
+    # plain integers are compared by value without a checker call; the checkers agree with that
+    for x, y in (("05", "5"), ("-3", "-03"), ("12", "21"), ("+7", "7")):
+        assert answers_equivalent(x, y, "aime24") == (int(x) == int(y))
+        assert _checker_equivalent("aime24", x, y) == (int(x) == int(y))
+        assert _checker_equivalent("synthetic_arith", x, y) == (int(x) == int(y))
     with pytest.raises(ValueError):
         answer_entropy([])
 
@@ -283,7 +289,7 @@ def test_cli_support_refuses_bad_input_before_any_model(tmp_path, capsys):
     assert "older support estimator" in capsys.readouterr().err
 
 
-def test_cli_support_with_token_entropy_on_the_tiny_pair(tiny_pair, tiny_pair_dirs, tmp_path):
+def test_cli_support_with_token_entropy_on_the_tiny_pair(tiny_pair, tiny_pair_dirs, tmp_path, monkeypatch):
     from transformers import AutoTokenizer
 
     _, base, rl = tiny_pair
@@ -296,8 +302,9 @@ def test_cli_support_with_token_entropy_on_the_tiny_pair(tiny_pair, tiny_pair_di
     write_results(tmp_path / "b.jsonl", {}, b)
     write_results(tmp_path / "r.jsonl", {}, r)
     out = tmp_path / "support.json"
-    assert main(["support", "--base-model", base_dir, "--rl-model", rl_dir, "--base-results", str(tmp_path / "b.jsonl"),
-                 "--rl-results", str(tmp_path / "r.jsonl"), "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
+    args = ["support", "--base-model", base_dir, "--rl-model", rl_dir, "--base-results", str(tmp_path / "b.jsonl"),
+            "--rl-results", str(tmp_path / "r.jsonl"), "--out", str(out), "--device", "cpu", "--no-progress"]
+    assert main(args) == 0
     support = json.loads(out.read_text())
     rows = {p["uid"]: p for p in support["problems"]}
     assert (rows["p0"]["preservation"], rows["p1"]["expansion"]) == (1, 1)
@@ -313,3 +320,12 @@ def test_cli_support_with_token_entropy_on_the_tiny_pair(tiny_pair, tiny_pair_di
     assert support["aggregate"]["average"]["token_entropy_rl"] == pytest.approx(
         np.mean([rows["p0"]["token_entropy_rl"], rows["p1"]["token_entropy_rl"]]))
     assert support["epsilon"] == pytest.approx(implied_epsilon(2))
+
+    # rerun: every row is resumed, so no model is even loaded
+    import reweight.evaluation.cli as cli
+
+    def no_loading(*_a, **_k):
+        raise AssertionError("a model was loaded on a fully resumed run")
+
+    monkeypatch.setattr(cli, "load_model", no_loading)
+    assert main(args) == 0 and json.loads(out.read_text()) == support

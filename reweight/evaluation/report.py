@@ -159,7 +159,7 @@ def support_caption(support: Mapping[str, Any]) -> str:
     eps = support.get("epsilon")
     bound = ""
     if eps:
-        bound = f" (an answer never drawn in k samples has probability ≤ {eps:.3g} at confidence {1 - support['zeta']:.2f})"
+        bound = f" (an answer never drawn in k samples has probability ≤ {eps:.3g} at confidence {1 - support.get('zeta', 0.05):.2f})"
     return (
         f"{pair}, budget k = {support['k']}: a problem's correct answer is in a model's empirical support when one of "
         f"its first k samples is correct{bound}. P: both models, S: base only, E: RL only, O: neither; counts of "
