@@ -150,9 +150,13 @@ def _text_key(answer: str) -> str:
 _INTEGER = re.compile(r"[+-]?\d+")
 
 
-@functools.lru_cache(maxsize=1 << 16)
 def _checker_equivalent(data_source: str | None, a: str, b: str) -> bool:
-    check = get_checker(data_source)
+    """The data source's checker, either direction (cached per checker and pair: a re-registered checker is used)."""
+    return _check_either_way(get_checker(data_source), a, b)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _check_either_way(check: Callable[[str, str], bool], a: str, b: str) -> bool:
     return bool(check(f"\\boxed{{{a}}}", b) or check(f"\\boxed{{{b}}}", a))
 
 
@@ -161,7 +165,7 @@ def answers_equivalent(a: str | None, b: str | None, data_source: str | None = N
 
     Equal whitespace-free texts are equal without a checker call, and so are two plain integers
     compared by value (what every checker here concludes, ``math_verify`` in milliseconds); other
-    pairs go to the checker, either direction, cached per (data source, pair).
+    pairs go to the checker, either direction, cached per (checker, pair).
     """
     if a is None or b is None:
         return a is None and b is None
