@@ -163,9 +163,9 @@ def _check_either_way(check: Callable[[str, str], bool], a: str, b: str) -> bool
 def answers_equivalent(a: str | None, b: str | None, data_source: str | None = None) -> bool:
     """Whether two final answers are one mathematical answer for ``data_source``'s checker (None = no answer).
 
-    Equal whitespace-free texts are equal without a checker call, and so are two plain integers
-    compared by value (what every checker here concludes, ``math_verify`` in milliseconds); other
-    pairs go to the checker, either direction, cached per (checker, pair).
+    Equal whitespace-free texts are one answer without a checker call, and two plain integers are
+    compared by value (what both the integer and the ``math_verify`` checker conclude, the latter at
+    milliseconds per pair); other pairs go to the checker, either direction, cached per (checker, pair).
     """
     if a is None or b is None:
         return a is None and b is None
