@@ -39,12 +39,12 @@ def test_cli_sample_score_support_report(tiny_pair_dirs, dataset, capsys):
     assert [r.correct for r in rw] == [[True, False]] * 3
 
     assert main([
-        "support", "--base-model", base_dir, "--rl-model", rl_dir, "--base-results", str(root / "rw.jsonl"),
-        "--rl-results", str(root / "rw.jsonl"), "--out", str(root / "support.json"), "--epsilon", "1e-300", "--no-progress",
+        "support", "--base-results", str(root / "rw.jsonl"), "--rl-results", str(root / "rw.jsonl"),
+        "--out", str(root / "support.json"), "--no-token-entropy", "--no-progress",
     ]) == 0
     support = json.loads((root / "support.json").read_text())
-    assert support["epsilon"] == 1e-300 and len(support["problems"]) == 3
-    # ε tiny: every distinct correct completion is in both supports -> all preserved, SRR = 1, NDR = 0
+    assert support["k"] == 2 and len(support["problems"]) == 3
+    # the same results on both sides, each problem solved within k: all preserved, SRR = 1, NDR = 0
     assert support["aggregate"]["average"]["preservation"] == 3 and support["aggregate"]["average"]["SRR"] == 1.0
 
     out = root / "report"

@@ -3,8 +3,8 @@
     reweight-eval sample  --model CKPT --data aime24.parquet --out runs/rl.jsonl --n 32 \\
                           --temperature 1.0 --top-p 0.7 --max-new-tokens 4096 [--backend vllm]
     reweight-eval score   --responses decode_out.jsonl --out runs/reweighted.jsonl [--data aime24.parquet]
-    reweight-eval support --base-model B --rl-model R --base-results runs/base.jsonl \\
-                          --rl-results runs/rl.jsonl --out runs/support.json
+    reweight-eval support --base-results runs/base.jsonl --rl-results runs/rl.jsonl \\
+                          --out runs/support.json [--k 32] [--base-model B --rl-model R | --no-token-entropy]
     reweight-eval report  --results base=runs/base.jsonl --results rl=runs/rl.jsonl \\
                           --results reweighted=runs/reweighted.jsonl [--support runs/support.json] \\
                           --out-dir runs/report
@@ -90,17 +90,19 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--no-progress", action="store_true")
     _scorer_arg(f)
 
-    u = sub.add_parser("support", help="Invisible Leash support / entropy metrics of a base and an RL model")
-    u.add_argument("--base-model", required=True)
-    u.add_argument("--rl-model", required=True)
+    u = sub.add_parser(
+        "support",
+        help="Invisible Leash support / entropy metrics of a base and an RL model (from results files; models only for token entropy)",
+    )
+    u.add_argument("--base-model", default=None, help="base checkpoint (only for token entropy)")
+    u.add_argument("--rl-model", default=None, help="RL checkpoint (only for token entropy)")
     u.add_argument("--base-results", required=True, help="results file of the base model (reweight-eval sample/score)")
     u.add_argument("--rl-results", required=True, help="results file of the RL model")
     u.add_argument("--out", required=True, help="support JSON; per-problem rows are kept in OUT.rows.jsonl for resuming")
-    u.add_argument("--k", type=int, default=None, help="samples defining ε = -ln(ζ)/k (default: n)")
-    u.add_argument("--zeta", type=float, default=0.05)
-    u.add_argument("--epsilon", type=float, default=None, help="override ε")
+    u.add_argument("--k", type=int, default=None, help="sampling budget: the first k samples of each problem (default: n)")
+    u.add_argument("--zeta", type=float, default=0.05, help="confidence level of the reported ε = -ln(ζ)/k bound")
     u.add_argument("--batch-size", type=int, default=8, help="sequences per teacher-forced forward")
-    u.add_argument("--no-token-entropy", action="store_true", help="skip scoring every sample for token entropy")
+    u.add_argument("--no-token-entropy", action="store_true", help="skip token entropy (no model is loaded)")
     _model_args(u)
 
     r = sub.add_parser("report", help="avg@n / pass@k tables (markdown, JSON) and pass@k curves")
@@ -185,40 +187,58 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def cmd_support(args: argparse.Namespace) -> int:
     from reweight.evaluation.report import dumps_json
-    from reweight.evaluation.support import ProblemSupport, aggregate_support, pair_support
+    from reweight.evaluation.support import (
+        ESTIMATOR, ProblemSupport, aggregate_support, implied_epsilon, match_problems, pair_support, resolve_k,
+        token_entropy_scorer,
+    )
 
+    token_entropy = not args.no_token_entropy
+    if token_entropy and not (args.base_model and args.rl_model):
+        raise EvalInputError("token entropy needs --base-model and --rl-model; pass --no-token-entropy for the support numbers alone")
+    if not 0 < args.zeta < 1:
+        raise EvalInputError(f"--zeta {args.zeta}: must be in (0, 1)")
     _, base_results = read_results(args.base_results)
     _, rl_results = read_results(args.rl_results)
-    n_min = min(r.n for r in list(base_results) + list(rl_results))
-    if args.k is not None and args.k > n_min:
-        raise EvalInputError(f"--k {args.k} exceeds the samples per problem in the results (n={n_min}); k > n")
-    tokenizer = load_shared_tokenizer(args.base_model, args.rl_model)
+    pairs = match_problems(base_results, rl_results)
+    k = resolve_k(pairs, args.k)
     meta = {
-        "base_model": args.base_model, "rl_model": args.rl_model, "base_results": str(args.base_results),
-        "rl_results": str(args.rl_results), "k": args.k, "zeta": args.zeta, "epsilon": args.epsilon,
-        "chat_template": not args.no_chat_template, "token_entropy": not args.no_token_entropy,
+        "estimator": ESTIMATOR, "base_results": str(args.base_results), "rl_results": str(args.rl_results), "k": k,
+        "token_entropy": token_entropy, "base_model": args.base_model if token_entropy else None,
+        "rl_model": args.rl_model if token_entropy else None, "chat_template": not args.no_chat_template,
     }
-    log = AppendLog(str(args.out) + ".rows.jsonl", meta, "support rows file")
-    done = {uid: ProblemSupport(**rec) for uid, rec in log.records.items()}
-    base_model = load_model(args.base_model, args.device, args.dtype)
-    rl_model = load_model(args.rl_model, args.device, args.dtype)
-    rows, eps = pair_support(
-        base_results, rl_results, base_model, rl_model, tokenizer, k=args.k, zeta=args.zeta, epsilon=args.epsilon,
-        token_entropy=not args.no_token_entropy, batch_size=args.batch_size,
-        use_chat_template=not args.no_chat_template, progress=not args.no_progress,
+    rows_path = str(args.out) + ".rows.jsonl"
+    log = AppendLog(rows_path, meta, "support rows file")
+    try:
+        done = {uid: ProblemSupport(**rec) for uid, rec in log.records.items()}
+    except TypeError:
+        raise EvalInputError(
+            f"support rows file {rows_path!r} was written by an older support estimator; remove it or use another --out"
+        ) from None
+    scorer = None
+    if token_entropy and any(b.uid not in done for b, _ in pairs):
+        tokenizer = load_shared_tokenizer(args.base_model, args.rl_model)
+        base_model = load_model(args.base_model, args.device, args.dtype)
+        rl_model = load_model(args.rl_model, args.device, args.dtype)
+        scorer = token_entropy_scorer(base_model, rl_model, tokenizer, args.batch_size, not args.no_chat_template)
+    rows, k = pair_support(
+        base_results, rl_results, k=k, token_entropy=scorer, progress=not args.no_progress,
         done=done, on_row=lambda row: log.append(asdict(row)),
     )
-    k = args.k or min(min(b.n for b in base_results), min(r.n for r in rl_results))
     out = {
-        "base": args.base_model, "rl": args.rl_model, "k": k, "zeta": args.zeta, "epsilon": eps,
+        "estimator": ESTIMATOR, "k": k, "zeta": args.zeta, "epsilon": implied_epsilon(k, args.zeta),
+        "base": args.base_model or str(args.base_results), "rl": args.rl_model or str(args.rl_results),
+        "base_results": str(args.base_results), "rl_results": str(args.rl_results), "token_entropy": token_entropy,
+        "num_unmatched": len(base_results) + len(rl_results) - 2 * len(rows),
         "aggregate": aggregate_support(rows), "problems": [asdict(r) for r in rows],
     }
     write_text_atomic(args.out, dumps_json(out))
     agg = out["aggregate"]["average"]
     print(
-        f"support over {len(rows)} problems (eps={eps:.4g}): P={agg['preservation']} S={agg['shrinkage']} "
-        f"E={agg['expansion']} SRR={agg['SRR']:.3f} NDR={agg['NDR']:.3f} -> {args.out}"
+        f"support over {len(rows)} problems (first k={k} samples): P={agg['preservation']} S={agg['shrinkage']} "
+        f"E={agg['expansion']} O={agg['neither']} SRR={agg['SRR']:.3f} NDR={agg['NDR']:.3f} NSCR={agg['NSCR']:.3f} -> {args.out}"
     )
+    if out["num_unmatched"]:
+        print(f"warning: {out['num_unmatched']} problems are in only one of the two results files and were left out")
     return 0
 
 
@@ -238,8 +258,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.support:
         _check_exists(args.support, "support file")
         support = json.loads(Path(args.support).read_text())
-        if "aggregate" not in support or "epsilon" not in support:
-            raise EvalInputError(f"support file {args.support!r} lacks 'aggregate'/'epsilon'; make it with `reweight-eval support`")
+        if "aggregate" not in support or "k" not in support:
+            raise EvalInputError(f"support file {args.support!r} lacks 'aggregate'/'k'; make it with `reweight-eval support`")
     report = build_report(results, args.k, args.bootstrap, args.confidence, args.seed, support)
     paths = write_report(report, args.out_dir, plot=not args.no_plot)
     print("\n".join(f"{kind}: {path}" for kind, path in paths.items()))

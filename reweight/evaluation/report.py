@@ -137,23 +137,45 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     lines += ["", f"Problems per model: {counts}.", "", "![pass@k](pass_at_k.png)"]
     support = report.get("support")
     if support:
-        agg = support["aggregate"]
-        cols = ["num_problems", "preservation", "shrinkage", "expansion", "neither", "SRR", "NDR", "SDS", "NSCR",
-                "answer_entropy_base", "answer_entropy_rl", "token_entropy_base", "token_entropy_rl"]
-        lines += [
-            "",
-            "## Support (Invisible Leash)",
-            "",
-            f"Base `{support.get('base', 'base')}` vs RL `{support.get('rl', 'rl')}`; ε = {support['epsilon']:.4g} "
-            f"(k = {support.get('k')}, ζ = {support.get('zeta')}). Counts of distinct correct completions pooled over "
-            "problems; ratios from the pooled counts; n/a = zero denominator. Entropies in nats.",
-            "",
-            "| benchmark | " + " | ".join(cols) + " |",
-            "|---" * (len(cols) + 1) + "|",
-        ]
-        for g, entry in agg.items():
-            lines.append(f"| {g} | " + " | ".join(_num(entry[c]) for c in cols) + " |")
+        lines += ["", "## Support (Invisible Leash)", "", support_caption(support), "", *support_table(support["aggregate"])]
     return "\n".join(lines) + "\n"
+
+
+SUPPORT_COLUMNS = (
+    ("num_problems", "problems"), ("preservation", "P"), ("shrinkage", "S"), ("expansion", "E"), ("neither", "O"),
+    ("SRR", "SRR"), ("NDR", "NDR"), ("SDS", "SDS"), ("NSCR", "NSCR"), ("pass_at_k_base", "pass@k base"),
+    ("pass_at_k_rl", "pass@k RL"), ("answer_entropy_base", "answer H base"), ("answer_entropy_rl", "answer H RL"),
+    ("token_entropy_base", "token H base"), ("token_entropy_rl", "token H RL"),
+)
+
+
+def support_caption(support: Mapping[str, Any]) -> str:
+    """One paragraph saying what the support table counts (the estimator and its budget k)."""
+    pair = f"Base `{support.get('base', 'base')}` vs RL `{support.get('rl', 'rl')}`"
+    if "estimator" not in support:  # a file of the earlier sequence-probability threshold
+        eps = support.get("epsilon")
+        return (f"{pair}; ε = {eps if eps is None else f'{eps:.4g}'} (k = {support.get('k')}). Counts of distinct correct "
+                "completions above ε, pooled over problems; n/a = zero denominator. Entropies in nats.")
+    eps = support.get("epsilon")
+    bound = ""
+    if eps:
+        bound = f" (an answer never drawn in k samples has probability ≤ {eps:.3g} at confidence {1 - support.get('zeta', 0.05):.2f})"
+    return (
+        f"{pair}, budget k = {support['k']}: a problem's correct answer is in a model's empirical support when one of "
+        f"its first k samples is correct{bound}. P: both models, S: base only, E: RL only, O: neither; counts of "
+        "problems pooled per benchmark, ratios from the pooled counts, n/a = zero denominator. Answer entropy over "
+        "classes of mathematically equivalent final answers, token entropy along each model's own samples; nats, "
+        "means over problems."
+    )
+
+
+def support_table(aggregate: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Markdown rows of the support table: one per benchmark plus ``average`` (all problems pooled)."""
+    cols = [(key, title) for key, title in SUPPORT_COLUMNS if any(key in e for e in aggregate.values())]
+    lines = ["| benchmark | " + " | ".join(title for _, title in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for g, entry in aggregate.items():
+        lines.append(f"| {g} | " + " | ".join(_num(entry[key]) if key in entry else "–" for key, _ in cols) + " |")
+    return lines
 
 
 def plot_pass_curves(report: Mapping[str, Any], path: str | os.PathLike) -> Path:

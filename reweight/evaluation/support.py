@@ -1,35 +1,53 @@
-"""Support and entropy metrics of *The Invisible Leash* (arXiv 2507.14843) for a base / RL model pair.
+"""Support and entropy metrics of *The Invisible Leash* (Wu et al., arXiv 2507.14843) for a base / RL pair.
 
-Per problem, the distinct correct completions sampled from either model (deduplicated by exact
-response text) are scored by both models with teacher forcing; a completion is in a model's
-empirical support when its sequence probability exceeds ε = −ln(ζ)/k (k samples per problem,
-ζ = 0.05: a completion above ε is drawn at least once in k samples with probability ≳ 1 − ζ).
+Empirical support, as the paper estimates it
+---------------------------------------------
+The paper calls a correct completion *in the empirical support* of a model when its probability
+is above a small ε, and counts support at the level of **answers**: reasoning traces that reach the
+same verified outcome form one equivalence class (its Section 3.1). It does not measure ε by
+scoring sequences: it samples k completions per problem (k = 256 ... 8192) and takes a class as in
+a model's support when that model **produced it at least once in its k samples**. Its Appendix C.4
+gives the meaning of the budget: a class never seen in k independent samples has probability at
+most ε_k = −ln(ζ)/k with confidence 1 − ζ (k = 8192, ζ = 0.05: ε ≈ 3.7e-4). The whole-sequence
+probability of a long trace is far below any such ε, so thresholding teacher-forced sequence
+probabilities would put almost nothing in either support; the sampled estimate does not have that
+problem, and needs no model at all.
 
-* preservation P: above ε under both models;
-* shrinkage S: above ε under the base model only;
-* expansion E: above ε under the RL model only;
-* (completions above ε under neither are counted as ``neither`` and used in no ratio).
+Here every problem has one ground truth, so all its correct samples share one verified outcome
+and the problem holds exactly one correct answer class. The unit counted is therefore the problem,
+as in the paper's tables (P + E + S + O is the number of problems of a benchmark, and the base's
+pass@k is (P + S)/N). With budget k (default: the smallest sample count; the first k samples of
+each problem are used when a results file holds more):
 
-Ratios: SRR = P/(P+S), NDR = E/(P+E), SDS = 2·SRR·NDR/(SRR+NDR), NSCR = (E−S)/(P+E+S).
+* preservation P: some correct sample among the first k of the base **and** of the RL model;
+* shrinkage S: of the base only;
+* expansion E: of the RL model only;
+* out of support O (``neither``): of neither model.
 
-Zero denominators (documented choice): a ratio whose denominator is 0 is undefined and reported as
-NaN (``null`` in JSON), never silently 0 or 1. SDS is NaN when SRR or NDR is NaN, and 0 when both
-are 0 (the harmonic mean's limit). Per-benchmark values are computed from counts pooled over the
-problems (micro); per-problem means ignore the undefined problems and report how many were defined.
+Ratios (pooled counts of a benchmark, or of all problems for ``average``): SRR = P/(P+S),
+NDR = E/(P+E), SDS = 2·SRR·NDR/(SRR+NDR), NSCR = (E−S)/(P+E+S). A ratio whose denominator is 0 is
+undefined and reported as NaN (``null`` in JSON), never silently 0 or 1; SDS is NaN when SRR or NDR
+is, and 0 when both are 0 (the harmonic mean's limit).
 
-Sequence probabilities are of the response tokens after the chat-templated prompt, the EOS token
-included when the response stopped (finish reason ``stop`` or unknown), at temperature 1, with
-vocabulary rows beyond the tokenizer masked. Responses are re-tokenised from their text.
+Entropies (nats), on the same first k samples of each model:
 
-Entropies (nats): token-level = mean next-token entropy over the response positions of a model's
-own samples (mean over tokens of a sample, then over samples, then over problems); answer-level =
-entropy of the empirical distribution of distinct final answers (last ``\\boxed{}`` content,
-whitespace removed; samples without a box form one ``<no answer>`` category).
+* answer-level: entropy of the distribution of final answers over equivalence classes. Two answers
+  are in one class when the data source's checker (:func:`reweight.evaluation.scoring.get_checker`:
+  ``math_verify`` for math sources, exact integers for the synthetic task) accepts one as the other
+  (either direction) or their whitespace-free texts are equal; a class is represented by its first
+  member, so ``1/2``, ``0.5`` and ``\\frac{1}{2}`` are one answer. Samples without a final answer
+  (no ``\\boxed{}``, no ``Answer:`` line, e.g. truncated) form one ``<no answer>`` class, as the
+  paper's NA answer does;
+* token-level: mean next-token entropy along the model's own samples, by teacher forcing (mean
+  over the tokens of a sample, then over samples, then over problems). This is the only part that
+  needs the models; it is optional.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -39,19 +57,25 @@ import torch
 
 from reweight.evaluation.records import EvalInputError, ProblemResult
 from reweight.evaluation.sampling import render_prompt, tokenizer_vocab_limit
+from reweight.evaluation.scoring import get_checker, last_boxed
 from reweight.models import eos_token_ids
 
+ESTIMATOR = "answer_found_within_k"  # the paper's sampled estimate of empirical support (module doc)
 DEFAULT_ZETA = 0.05
 NO_ANSWER = "<no answer>"
+_ANSWER_LINE = re.compile(r"(?i)answer\s*:\s*([^\n]+)")
 
 
-def support_epsilon(k: int, zeta: float = DEFAULT_ZETA) -> float:
-    """ε = −ln(ζ)/k."""
+def implied_epsilon(k: int, zeta: float = DEFAULT_ZETA) -> float:
+    """ε_k = −ln(ζ)/k: a class unseen in k samples has probability ≤ ε_k with confidence 1 − ζ."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if not 0 < zeta < 1:
         raise ValueError(f"zeta must be in (0, 1), got {zeta}")
     return -math.log(zeta) / k
+
+
+# ---------------------------------------------------------------------------------------------- support
 
 
 @dataclass(frozen=True)
@@ -62,23 +86,23 @@ class SupportCounts:
     neither: int = 0
 
 
-def classify_support(logp_base: Sequence[float] | np.ndarray, logp_rl: Sequence[float] | np.ndarray, epsilon: float) -> SupportCounts:
-    """Counts of P / S / E / neither over completions, from their sequence log-probs, shape (C,) each.
+def found_within(correct: Sequence[bool], k: int) -> bool:
+    """Whether any of the first ``k`` samples is correct (the class is in the empirical support)."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if len(correct) < k:
+        raise EvalInputError(f"budget k={k} exceeds the {len(correct)} samples of a problem (k > n)")
+    return any(bool(c) for c in correct[:k])
 
-    In support means probability > ε (strictly), compared in log space.
-    """
-    base, rl = np.asarray(logp_base, dtype=np.float64), np.asarray(logp_rl, dtype=np.float64)
-    if base.shape != rl.shape:
-        raise ValueError(f"logp_base {base.shape} and logp_rl {rl.shape} differ in shape")
-    if not epsilon > 0:
-        raise ValueError(f"epsilon must be > 0, got {epsilon}")
-    log_eps = math.log(epsilon)
-    in_base, in_rl = base > log_eps, rl > log_eps
+
+def classify_problem(base_correct: Sequence[bool], rl_correct: Sequence[bool], k: int) -> SupportCounts:
+    """One problem's P / S / E / neither (exactly one of them is 1) from its correctness lists, shape (n,) each."""
+    in_base, in_rl = found_within(base_correct, k), found_within(rl_correct, k)
     return SupportCounts(
-        preservation=int(np.sum(in_base & in_rl)),
-        shrinkage=int(np.sum(in_base & ~in_rl)),
-        expansion=int(np.sum(~in_base & in_rl)),
-        neither=int(np.sum(~in_base & ~in_rl)),
+        preservation=int(in_base and in_rl),
+        shrinkage=int(in_base and not in_rl),
+        expansion=int(in_rl and not in_base),
+        neither=int(not in_base and not in_rl),
     )
 
 
@@ -99,20 +123,93 @@ def support_ratios(counts: SupportCounts) -> dict[str, float]:
     return {"SRR": srr, "NDR": ndr, "SDS": sds, "NSCR": _ratio(e - s, p + e + s)}
 
 
-def normalise_answer(answer: str | None) -> str:
-    return NO_ANSWER if answer is None else "".join(answer.split())
+# ---------------------------------------------------------------------------------------------- answers
 
 
-def answer_entropy(answers: Sequence[str | None]) -> float:
-    """Entropy (nats) of the empirical distribution of distinct final answers; 0 for one sample."""
+def extract_final_answer(response: str) -> str | None:
+    """The last ``\\boxed{}`` content, else the last ``Answer:`` line (DAPO's format), else None."""
+    boxed = last_boxed(response)
+    if boxed is not None:
+        return boxed
+    lines = _ANSWER_LINE.findall(response)
+    if not lines:
+        return None
+    return lines[-1].strip() or None
+
+
+def final_answers(result: ProblemResult, k: int | None = None) -> list[str | None]:
+    """Final answers of the first ``k`` samples: the recorded ``answers`` entry, re-extracted where it is missing."""
+    stored = result.answers or []
+    texts = result.responses[:k] if k is not None else result.responses
+    return [stored[i] if i < len(stored) and stored[i] is not None else extract_final_answer(t) for i, t in enumerate(texts)]
+
+
+def _text_key(answer: str) -> str:
+    return "".join(answer.split())
+
+
+_INTEGER = re.compile(r"[+-]?\d+")
+
+
+def _checker_equivalent(data_source: str | None, a: str, b: str) -> bool:
+    """The data source's checker, either direction (cached per checker and pair: a re-registered checker is used)."""
+    return _check_either_way(get_checker(data_source), a, b)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _check_either_way(check: Callable[[str, str], bool], a: str, b: str) -> bool:
+    return bool(check(f"\\boxed{{{a}}}", b) or check(f"\\boxed{{{b}}}", a))
+
+
+def answers_equivalent(a: str | None, b: str | None, data_source: str | None = None) -> bool:
+    """Whether two final answers are one mathematical answer for ``data_source``'s checker (None = no answer).
+
+    Equal whitespace-free texts are one answer without a checker call, and two plain integers are
+    compared by value (what both the integer and the ``math_verify`` checker conclude, the latter at
+    milliseconds per pair); other pairs go to the checker, either direction, cached per (checker, pair).
+    """
+    if a is None or b is None:
+        return a is None and b is None
+    ka, kb = _text_key(a), _text_key(b)
+    if ka == kb:
+        return True
+    if _INTEGER.fullmatch(ka) and _INTEGER.fullmatch(kb):
+        return int(ka) == int(kb)
+    return _checker_equivalent(data_source, *sorted((a.strip(), b.strip())))
+
+
+def answer_classes(answers: Sequence[str | None], data_source: str | None = None) -> list[int]:
+    """Equivalence-class label of each answer, shape (m,); labels 0, 1, ... in order of first appearance.
+
+    An answer joins the first class whose representative (its first member) it is equivalent to
+    (:func:`answers_equivalent`); answers with equal whitespace-free text share a label without a
+    checker call. O(m · classes) checker calls at most.
+    """
+    reps: list[str | None] = []
+    by_text: dict[str | None, int] = {}
+    labels = []
+    for a in answers:
+        key = None if a is None else _text_key(a)
+        if key not in by_text:
+            match = next((j for j, rep in enumerate(reps) if answers_equivalent(rep, a, data_source)), None)
+            if match is None:
+                match = len(reps)
+                reps.append(a)
+            by_text[key] = match
+        labels.append(by_text[key])
+    return labels
+
+
+def answer_entropy(answers: Sequence[str | None], data_source: str | None = None) -> float:
+    """Entropy (nats) of the empirical distribution of answer classes; 0 when all answers are one class."""
     if not answers:
         raise ValueError("answer entropy of zero samples")
-    freq = np.array(list(Counter(normalise_answer(a) for a in answers).values()), dtype=np.float64)
+    freq = np.array(list(Counter(answer_classes(answers, data_source)).values()), dtype=np.float64)
     p = freq / freq.sum()
     return float(-(p * np.log(p)).sum())
 
 
-# ---------------------------------------------------------------------------------------------- scoring
+# ---------------------------------------------------------------------------------------------- token entropy
 
 
 @dataclass
@@ -178,12 +275,44 @@ def score_sequences(
     return out
 
 
+def _stopped(reason: str | None) -> bool:
+    return reason != "length"
+
+
+def own_token_entropy(model, tokenizer, result: ProblemResult, k: int, batch_size: int = 8, use_chat_template: bool = True) -> float:
+    """Mean next-token entropy of ``model`` along its own first ``k`` samples of one problem (NaN if all are empty).
+
+    EOS is appended to a sample that stopped (finish reason other than ``length``).
+    """
+    if not result.prompt:
+        raise EvalInputError(f"problem {result.uid!r}: no prompt in the results; token entropy needs the prompt text")
+    prompt_text = render_prompt(tokenizer, result.prompt, use_chat_template)
+    texts = result.responses[:k]
+    reasons = (result.finish_reasons or [None] * result.n)[:k]
+    scores = score_sequences(model, tokenizer, [prompt_text] * len(texts), texts, [_stopped(x) for x in reasons], batch_size)
+    ent = [s.mean_entropy for s in scores if s.num_tokens > 0]
+    return float(np.mean(ent)) if ent else math.nan
+
+
+TokenEntropyFn = Callable[[str, ProblemResult, int], float]  # (which: "base" | "rl", own result, k) -> entropy
+
+
+def token_entropy_scorer(base_model, rl_model, tokenizer, batch_size: int = 8, use_chat_template: bool = True) -> TokenEntropyFn:
+    """A :data:`TokenEntropyFn` scoring each model on its own samples (the two models share ``tokenizer``)."""
+    models = {"base": base_model, "rl": rl_model}
+
+    def score(which: str, result: ProblemResult, k: int) -> float:
+        return own_token_entropy(models[which], tokenizer, result, k, batch_size, use_chat_template)
+
+    return score
+
+
 # ---------------------------------------------------------------------------------------------- pair
 
 
 @dataclass
 class ProblemSupport:
-    """Support and entropy metrics of one problem (counts over distinct correct completions)."""
+    """Support and entropy metrics of one problem at budget k (P/S/E/neither: exactly one is 1)."""
 
     uid: str
     data_source: str
@@ -191,22 +320,18 @@ class ProblemSupport:
     shrinkage: int
     expansion: int
     neither: int
-    num_distinct_correct: int
-    SRR: float
-    NDR: float
-    SDS: float
-    NSCR: float
+    num_correct_base: int  # correct samples among the first k
+    num_correct_rl: int
+    num_answers_base: int  # answer classes among the first k samples
+    num_answers_rl: int
     answer_entropy_base: float
     answer_entropy_rl: float
-    token_entropy_base: float
+    token_entropy_base: float  # NaN when token entropy was not computed
     token_entropy_rl: float
 
 
-def _stopped(reason: str | None) -> bool:
-    return reason != "length"
-
-
-def _match_problems(base: Sequence[ProblemResult], rl: Sequence[ProblemResult]) -> list[tuple[ProblemResult, ProblemResult]]:
+def match_problems(base: Sequence[ProblemResult], rl: Sequence[ProblemResult]) -> list[tuple[ProblemResult, ProblemResult]]:
+    """(base, rl) result pairs of the problems both hold, in the base order; refuses different ground truths."""
     rl_by_uid = {r.uid: r for r in rl}
     pairs = [(b, rl_by_uid[b.uid]) for b in base if b.uid in rl_by_uid]
     if not pairs:
@@ -214,90 +339,84 @@ def _match_problems(base: Sequence[ProblemResult], rl: Sequence[ProblemResult]) 
     for b, r in pairs:
         if b.ground_truth != r.ground_truth:
             raise EvalInputError(f"problem {b.uid!r}: base and RL results have different ground truths")
-        if not b.prompt and not r.prompt:
-            raise EvalInputError(f"problem {b.uid!r}: no prompt in the results; support metrics need the prompt text")
     return pairs
+
+
+def resolve_k(pairs: Sequence[tuple[ProblemResult, ProblemResult]], k: int | None = None) -> int:
+    """The budget: ``k``, or the smallest sample count over both sets; k < 1 or k > n is refused."""
+    n_min = min(min(b.n, r.n) for b, r in pairs)
+    if k is None:
+        k = n_min
+    if k < 1:
+        raise EvalInputError(f"support budget k must be >= 1, got k={k}")
+    if k > n_min:
+        raise EvalInputError(f"support budget k={k} exceeds the samples per problem (n={n_min}); k > n")
+    return k
+
+
+def problem_support(base: ProblemResult, rl: ProblemResult, k: int, token_entropy: TokenEntropyFn | None = None) -> ProblemSupport:
+    """The metrics of one problem from its two results at budget ``k`` (token entropy NaN without a scorer)."""
+    counts = classify_problem(base.correct, rl.correct, k)
+    ans_b, ans_r = final_answers(base, k), final_answers(rl, k)
+    return ProblemSupport(
+        uid=base.uid,
+        data_source=base.data_source,
+        **asdict(counts),
+        num_correct_base=int(sum(bool(c) for c in base.correct[:k])),
+        num_correct_rl=int(sum(bool(c) for c in rl.correct[:k])),
+        num_answers_base=len(set(answer_classes(ans_b, base.data_source))),
+        num_answers_rl=len(set(answer_classes(ans_r, rl.data_source))),
+        answer_entropy_base=answer_entropy(ans_b, base.data_source),
+        answer_entropy_rl=answer_entropy(ans_r, rl.data_source),
+        token_entropy_base=token_entropy("base", base, k) if token_entropy else math.nan,
+        token_entropy_rl=token_entropy("rl", rl, k) if token_entropy else math.nan,
+    )
 
 
 def pair_support(
     base_results: Sequence[ProblemResult],
     rl_results: Sequence[ProblemResult],
-    base_model,
-    rl_model,
-    tokenizer,
     k: int | None = None,
-    zeta: float = DEFAULT_ZETA,
-    epsilon: float | None = None,
-    token_entropy: bool = True,
-    batch_size: int = 8,
-    use_chat_template: bool = True,
+    token_entropy: TokenEntropyFn | None = None,
     progress: bool = True,
     done: Mapping[str, ProblemSupport] | None = None,
     on_row: Callable[[ProblemSupport], None] | None = None,
-) -> tuple[list[ProblemSupport], float]:
-    """Per-problem support metrics for the problems both result sets hold; returns (rows, ε).
+) -> tuple[list[ProblemSupport], int]:
+    """Per-problem support metrics for the problems both result sets hold; returns (rows, k).
 
-    ``k`` defaults to the smallest sample count over both sets (k above it is refused);
-    ``epsilon`` overrides −ln(ζ)/k. Each model scores the distinct correct completions of both
-    models and (for token entropy) its own samples. ``done``: rows already computed (resume), kept
-    as they are; ``on_row`` is called with each newly computed row (to append it to a file).
+    ``k`` defaults to the smallest sample count over both sets (k above it is refused).
+    ``token_entropy``: e.g. :func:`token_entropy_scorer`; None leaves token entropies NaN and
+    needs no model. ``done``: rows already computed (resume), kept as they are; ``on_row`` is
+    called with each newly computed row (to append it to a file).
     """
     from tqdm.auto import tqdm
 
-    pairs = _match_problems(base_results, rl_results)
-    n_min = min(min(b.n, r.n) for b, r in pairs)
-    if k is None:
-        k = n_min
-    elif k > n_min:
-        raise EvalInputError(f"support k={k} exceeds the samples per problem (n={n_min}); k > n")
-    eps = support_epsilon(k, zeta) if epsilon is None else float(epsilon)
+    pairs = match_problems(base_results, rl_results)
+    k = resolve_k(pairs, k)
+    if token_entropy is not None:
+        for b, r in pairs:
+            if not b.prompt or not r.prompt:
+                raise EvalInputError(f"problem {b.uid!r}: no prompt in the results; token entropy needs the prompt text")
     done = done or {}
     rows = []
     for b, r in tqdm(pairs, desc="support metrics", disable=not progress, unit="prob"):
         if b.uid in done:
             rows.append(done[b.uid])
             continue
-        prompt_text = render_prompt(tokenizer, b.prompt or r.prompt, use_chat_template)
-        distinct: dict[str, bool] = {}  # correct completion text -> append EOS
-        for res in (b, r):
-            for text, ok, reason in zip(res.responses, res.correct, res.finish_reasons or [None] * res.n):
-                if ok:
-                    distinct[text] = distinct.get(text, False) or _stopped(reason)
-        texts = list(distinct)
-
-        def score(model, own: ProblemResult) -> tuple[list[float], float]:
-            extra = own.responses if token_entropy else []
-            reasons = (own.finish_reasons or [None] * own.n) if token_entropy else []
-            all_texts = texts + list(extra)
-            eos = [distinct[t] for t in texts] + [_stopped(x) for x in reasons]
-            scores = score_sequences(model, tokenizer, [prompt_text] * len(all_texts), all_texts, eos, batch_size)
-            ent = [s.mean_entropy for s in scores[len(texts) :] if s.num_tokens > 0]
-            return [s.logprob for s in scores[: len(texts)]], (float(np.mean(ent)) if ent else math.nan)
-
-        logp_base, ent_base = score(base_model, b)
-        logp_rl, ent_rl = score(rl_model, r)
-        counts = classify_support(logp_base, logp_rl, eps)
-        rows.append(
-            ProblemSupport(
-                uid=b.uid,
-                data_source=b.data_source,
-                **asdict(counts),
-                num_distinct_correct=len(texts),
-                **support_ratios(counts),
-                answer_entropy_base=answer_entropy(b.answers or [None] * b.n),
-                answer_entropy_rl=answer_entropy(r.answers or [None] * r.n),
-                token_entropy_base=ent_base,
-                token_entropy_rl=ent_rl,
-            )
-        )
+        rows.append(problem_support(b, r, k, token_entropy))
         if on_row is not None:
             on_row(rows[-1])
-    return rows, eps
+    return rows, k
+
+
+_MEAN_FIELDS = (
+    "num_answers_base", "num_answers_rl", "answer_entropy_base", "answer_entropy_rl", "token_entropy_base", "token_entropy_rl",
+)
 
 
 def aggregate_support(rows: Sequence[ProblemSupport]) -> dict[str, dict[str, float]]:
-    """Per benchmark and overall ("average" = pooled over all problems): pooled-count ratios,
-    per-problem means of the ratios (NaN-skipping, with the number of defined problems) and mean entropies."""
+    """Per benchmark (``data_source``) and over all problems (``"average"``): pooled counts, their ratios,
+    the fraction of problems in each model's support (pass@k from the first k samples) and mean entropies."""
     if not rows:
         raise ValueError("no support rows to aggregate")
     groups: dict[str, list[ProblemSupport]] = {}
@@ -312,13 +431,15 @@ def aggregate_support(rows: Sequence[ProblemSupport]) -> dict[str, dict[str, flo
             sum(m.expansion for m in members),
             sum(m.neither for m in members),
         )
-        entry: dict[str, float] = {"num_problems": len(members), **asdict(total), **support_ratios(total)}
-        for metric in ("SRR", "NDR", "SDS", "NSCR"):
-            vals = np.array([getattr(m, metric) for m in members], dtype=np.float64)
-            defined = vals[~np.isnan(vals)]
-            entry[f"{metric}_per_problem_mean"] = float(defined.mean()) if defined.size else math.nan
-            entry[f"{metric}_num_defined"] = int(defined.size)
-        for metric in ("answer_entropy_base", "answer_entropy_rl", "token_entropy_base", "token_entropy_rl"):
+        n = len(members)
+        entry: dict[str, float] = {
+            "num_problems": n,
+            **asdict(total),
+            **support_ratios(total),
+            "pass_at_k_base": (total.preservation + total.shrinkage) / n,
+            "pass_at_k_rl": (total.preservation + total.expansion) / n,
+        }
+        for metric in _MEAN_FIELDS:
             vals = np.array([getattr(m, metric) for m in members], dtype=np.float64)
             entry[metric] = float(np.nanmean(vals)) if np.any(~np.isnan(vals)) else math.nan
         out[name] = entry
