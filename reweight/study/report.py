@@ -27,7 +27,10 @@ if TYPE_CHECKING:
 FIGURES = ("training_curves.png", "pass_at_k.png", "fig1b_histograms.png", "fig1c_replacement.png", "fig4_extrapolation.png")
 RECOVERY = 0.9  # Fig. 1c: the replacement ratio at which base + 0.9·(RL − base) accuracy is reached
 HIST_METRICS = ("delta_logp", "entropy_rl", "kl_rl_base")
-SUPPORT_KEYS = ("SRR", "NDR", "SDS", "NSCR")
+SUPPORT_KEYS = (
+    "preservation", "shrinkage", "expansion", "neither", "SRR", "NDR", "SDS", "NSCR", "pass_at_k_base", "pass_at_k_rl",
+    "token_entropy_base", "token_entropy_rl", "answer_entropy_base", "answer_entropy_rl",
+)
 
 
 def _ks(n: int) -> list[int]:
@@ -335,10 +338,10 @@ def support_section(study: "Study") -> dict[str, Any]:
                 rows.append(json.loads(path.read_text())["aggregate"])
         if not rows:
             continue
-        keys = sorted({k for row in rows for k, v in row.get("average", {}).items() if isinstance(v, (int, float))})
         out[arm] = {
             k: float(np.nanmean([np.nan if row["average"].get(k) is None else row["average"][k] for row in rows]))
-            for k in keys
+            for k in SUPPORT_KEYS
+            if any(row["average"].get(k) is not None for row in rows)
         }
         out[arm]["seeds"] = len(rows)
     return out
@@ -408,10 +411,15 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines += ["", "![Fig. 4](fig4_extrapolation.png)"]
     lines += ["", "## Support (Invisible Leash), trained model vs base", ""]
     if report["support"]:
-        keys = [k for k in next(iter(report["support"].values())) if k != "seeds"]
-        lines += ["| arm | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+        lines.append(
+            f"Per problem, its answer is in a model's support when one of the model's first k = {report['support_k']} "
+            "samples is correct (the Invisible Leash estimator, docs/evaluation.md); P/S/E/O count problems "
+            "(preserved, shrunk, expanded, in neither), mean over seeds."
+        )
+        keys = [k for k in SUPPORT_KEYS if any(k in s for s in report["support"].values())]
+        lines += ["", "| arm | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
         for arm, s in report["support"].items():
-            lines.append(f"| {arm} | " + " | ".join(f"{s[k]:.3f}" if isinstance(s[k], float) and not math.isnan(s[k]) else "—" for k in keys) + " |")
+            lines.append(f"| {arm} | " + " | ".join("—" if s.get(k) is None else f"{s[k]:.3g}" for k in keys) + " |")
     else:
         lines.append("No support output.")
     return "\n".join(lines) + "\n"
@@ -435,6 +443,7 @@ def build_report(study: "Study") -> dict[str, Any]:
         "replacement": recovery_ratios(rows),
         "extrapolation": extrapolation_section(study),
         "support": support_section(study),
+        "support_k": study.spec.support_k or study.spec.n,
     }
 
 
