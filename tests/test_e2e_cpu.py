@@ -140,6 +140,7 @@ def test_scheme_none_first_step_loss_equals_verl_vanilla(first_run, resumed_none
             "~actor_rollout_ref.actor.policy_loss.scheme",
             "~actor_rollout_ref.actor.policy_loss.alpha",
             "~actor_rollout_ref.actor.policy_loss.prob_source",
+            "~actor_rollout_ref.actor.policy_loss.apply_to",
         )
     )
     assert sorted(vanilla) == [3]

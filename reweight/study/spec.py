@@ -103,7 +103,7 @@ class StudySpec:
     bootstrap: int = 2000
     analysis_prompts: int = 64
     analysis_samples: int = 2
-    decode_prompts: int = 76
+    decode_prompts: int = 32
     decode_n: int = 4
     grids: dict[str, list[float]] = field(default_factory=lambda: {k: list(v) for k, v in DEFAULT_GRIDS.items()})
     extrapolate_tau: float = -0.3
