@@ -47,7 +47,7 @@ def make_batch(batch=6, length=11, dtype=torch.float32, seed=0):
 
 
 def reference_loss(old, cur, adv, mask, alpha):
-    """DESIGN.md §1 written out directly in float64: token-mean of the dual-clipped surrogate at w·A."""
+    """docs/method.md §1 written out directly in float64: token-mean of the dual-clipped surrogate at w·A."""
     w = 1 + alpha * (1 - old.exp())
     a = w * adv
     ratio = torch.exp(torch.clamp(cur - old, -20, 20))

@@ -1,4 +1,4 @@
-"""Exact token-level direction metrics between a base and an RLVR model (DESIGN.md §2).
+"""Exact token-level direction metrics between a base and an RLVR model (docs/method.md §2).
 
 For a sequence ``y`` (prompt + response, teacher-forced) and each response token ``y_t``:
 
