@@ -287,10 +287,6 @@ def ensure_built(recipe: Recipe | None = None, log=print) -> Path:
     return final
 
 
-def load_meta(recipe: Recipe | None = None) -> dict[str, Any]:
-    return json.loads((asset_dir(recipe) / "meta.json").read_text())
-
-
 def _embedded_keys(cfg) -> list[tuple[str, str]]:
     """(dotted key, value) of every string in ``cfg`` that starts with ``embedded://``."""
     from omegaconf import DictConfig, ListConfig

@@ -123,11 +123,3 @@ def save_tiny(path: str | os.PathLike, model, tokenizer) -> Path:
         raise FileExistsError(f"{path} already exists; refusing to overwrite a checkpoint")
     os.replace(tmp, path)
     return path
-
-
-def build_tiny_pair(vocab_size: int | None = None, seed_base: int = 0, seed_rl: int = 1, **model_kwargs):
-    """A tokenizer and two differently initialised models sharing it (a stand-in base / RL pair)."""
-    tok = build_tokenizer()
-    v = vocab_size or len(tok)
-    kw = dict(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **model_kwargs)
-    return tok, build_model(v, seed=seed_base, **kw), build_model(v, seed=seed_rl, **kw)

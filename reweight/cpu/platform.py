@@ -227,7 +227,3 @@ def cpu_platform_selected() -> bool:
     from verl.plugin.platform import get_platform
 
     return get_platform().device_name == DEVICE_NAME
-
-
-def requested_by_env() -> bool:
-    return os.environ.get("VERL_PLATFORM", "").strip().lower() == PLATFORM_NAME

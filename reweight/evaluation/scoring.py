@@ -43,11 +43,6 @@ def get_checker(data_source: str | None) -> Checker:
     return _CHECKERS.get(data_source or "", math_checker)
 
 
-def registered_checkers() -> dict[str, Checker]:
-    """A copy of the registry (data_source -> checker)."""
-    return dict(_CHECKERS)
-
-
 def last_boxed(text: str) -> str | None:
     """The content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) in ``text``, nested braces kept.
 
