@@ -15,7 +15,6 @@ forwards to ``torch.cpu`` and answers the rest (memory figures from the process,
 
 from __future__ import annotations
 
-import os
 import types
 from contextlib import contextmanager
 from typing import Any, Optional
