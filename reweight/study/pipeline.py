@@ -428,11 +428,10 @@ class Study:
 
     @staticmethod
     def _eta(remaining: Sequence[Step], durations: dict[str, list[float]]) -> str:
+        """Time left for the remaining steps of kinds already timed; the untimed kinds are named, not guessed."""
         if not remaining:
             return "0s"
-        overall = [d for ds in durations.values() for d in ds]
         mean = {k: sum(v) / len(v) for k, v in durations.items()}
-        fallback = sum(overall) / len(overall)
-        total = sum(mean.get(s.kind, fallback) for s in remaining)
-        unknown = sorted({s.kind for s in remaining} - set(mean))
-        return _hms(total) + (f" (guessing {', '.join(unknown)})" if unknown else "")
+        total = sum(mean[s.kind] for s in remaining if s.kind in mean)
+        untimed = sorted({s.kind for s in remaining} - set(mean))
+        return _hms(total) + (f" + {', '.join(untimed)} (not yet timed)" if untimed else "")
