@@ -22,6 +22,7 @@ CONFIG_MODULE = "reweight.configs"
 CONFIG_PATH = "pkg://" + CONFIG_MODULE
 DEFAULT_CONFIG = "embedded"
 DRY_RUN_FLAG = "--dry-run"
+PROG = "reweight-train"
 
 
 def compose_config(config_name: str = DEFAULT_CONFIG, overrides: Sequence[str] = ()) -> DictConfig:
@@ -68,21 +69,31 @@ def targets_cpu(cfg: DictConfig) -> bool:
     )
 
 
-def prepare(cfg: DictConfig, dry_run: bool = False) -> None:
+def check(cfg: DictConfig, local_paths: bool = True) -> None:
+    """The cheap checks, before anything is built or started: ours, the V1 trainer, and (``local_paths``)
+    the run's files on this machine (:func:`reweight.checks.check_paths`). Raises ``ValueError``s."""
+    from reweight.checks import check_config, check_paths
+
+    check_config(cfg)
+    if not cfg.trainer.use_v1:
+        raise ValueError("trainer.use_v1=False selects verl's deprecated V0 trainer, which verl-reweight does not support")
+    if local_paths:
+        check_paths(cfg)
+
+
+def prepare(cfg: DictConfig, dry_run: bool = False, *, build_embedded: bool = True, local_paths: bool = True) -> None:
     """Check the config and prepare the driver; raises before Ray starts on bad input.
 
     A dry run validates a config for the platform it targets: a GPU config checked on a laptop is not
     held to the CPU backend's rules, which apply when the run itself would use the CPU platform.
+    ``build_embedded=False`` leaves ``embedded://`` paths unbuilt (a launcher validating a job that will
+    run elsewhere); ``local_paths=False`` skips the file checks (files that live on the cluster only).
     """
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
     from verl.utils.device import auto_set_device
 
-    from reweight.checks import check_config
-
-    check_config(cfg)
-    if not cfg.trainer.use_v1:
-        raise ValueError("trainer.use_v1=False selects verl's deprecated V0 trainer, which verl-reweight does not support")
+    check(cfg, local_paths=local_paths)
     if not dry_run:  # W&B without an account would fail only after Ray, the models and the first step
         import os
 
@@ -97,44 +108,285 @@ def prepare(cfg: DictConfig, dry_run: bool = False) -> None:
     from reweight.cpu.resources import prepare_driver as prepare_cpu_backend
     from reweight.embedded import prepare as prepare_embedded
 
-    prepare_embedded(cfg)  # builds/caches the embedded:// model and data on first use
+    if build_embedded:
+        prepare_embedded(cfg)  # builds/caches the embedded:// model and data on first use
     if not dry_run or targets_cpu(cfg):
         prepare_cpu_backend(cfg)  # CPU platform only: refuses what cannot run, sizes Ray / TransferQueue
     auto_set_device(cfg)
     validate_config(config=cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
 
 
-def run(cfg: DictConfig, dry_run: bool = False) -> None:
-    """Prepare, then train with verl's ``run_ppo`` (or print the resolved config if ``dry_run``)."""
+# ------------------------------------------------------------------------------------------ finish
+
+
+METRICS_ENV = "VERL_FILE_LOGGER_PATH"  # verl's `file` logger writes its jsonl here
+RUNTIME_ENV_VARS = "ray_kwargs.ray_init.runtime_env.env_vars"
+
+
+def already_done_message(cfg: DictConfig, step: int) -> str:
+    """What to tell a user whose run's checkpoint already reached ``trainer.total_training_steps``."""
+    total = int(cfg.trainer.total_training_steps)
+    where = cfg.trainer.resume_from_path if cfg.trainer.resume_mode == "resume_path" else cfg.trainer.default_local_dir
+    return (
+        f"nothing to train: the checkpoint in {where} is at step {step} and trainer.total_training_steps={total}.\n"
+        f"  to train further:  add trainer.total_training_steps=M (M > {step}) to the same command\n"
+        f"  to start afresh:   add trainer.resume_mode=disable, or a new trainer.default_local_dir "
+        f"(or trainer.experiment_name)"
+    )
+
+
+def use_metrics_file(cfg: DictConfig, stamp: str) -> str:
+    """Make verl's ``file`` logger write this run's metrics to a jsonl in the run directory; return its path.
+
+    ``$VERL_FILE_LOGGER_PATH`` wins when set. The path travels in the config (the Ray runtime_env, and
+    read back by :func:`task_runner_class`'s runner, which also covers a job joining an existing cluster).
+    One file per launch (``metrics-<stamp>.jsonl``): verl opens it for writing, a resumed run would erase
+    the previous one.
+    """
+    import os
+
+    from omegaconf import open_dict
+
+    path = os.environ.get(METRICS_ENV) or os.path.join(
+        os.path.abspath(os.path.expanduser(str(cfg.trainer.default_local_dir))), f"metrics-{stamp}.jsonl"
+    )
+    loggers = cfg.trainer.get("logger") or []
+    loggers = [loggers] if isinstance(loggers, str) else list(loggers)
+    with open_dict(cfg):
+        if "file" not in loggers:
+            cfg.trainer.logger = [*loggers, "file"]
+        cfg.ray_kwargs.ray_init.runtime_env.setdefault("env_vars", {})
+        cfg.ray_kwargs.ray_init.runtime_env.env_vars[METRICS_ENV] = path
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    return path
+
+
+def release_dataloader_workers(trainer) -> None:
+    """Stop the worker processes of the train dataloader iterator verl's trainer keeps after ``fit``.
+
+    verl's V1 trainer holds ``train_dataloader_it`` (an unfinished epoch: its ``data.dataloader_num_workers``
+    processes stay alive) in the TaskRunner actor after training. When the driver exits, Ray kills that
+    actor's child processes first, and torch's SIGCHLD handler in the actor then raises "DataLoader worker
+    (pid ...) is killed by signal: Killed." -- a traceback at the end of every successful run. Shutting the
+    workers down when training has finished removes them (and torch's handler for them) cleanly.
+    """
+    it = getattr(trainer, "train_dataloader_it", None)
+    if it is None:
+        return
+    shutdown = getattr(it, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+    trainer.train_dataloader_it = None
+
+
+_RUNNER = None
+
+
+def task_runner_class():
+    """verl's ``TaskRunnerV1`` that also sets the metrics file and releases the dataloader workers at the end."""
+    global _RUNNER
+    if _RUNNER is None:
+        import ray
+        from verl.trainer.main_ppo import TaskRunnerV1
+
+        base = TaskRunnerV1.__ray_actor_class__
+
+        class ReweightTaskRunner(base):  # type: ignore[misc, valid-type]
+            def run(self, config):
+                import os
+
+                path = OmegaConf.select(config, f"{RUNTIME_ENV_VARS}.{METRICS_ENV}", default=None)
+                if path:
+                    os.environ[METRICS_ENV] = str(path)
+                try:
+                    return super().run(config)
+                finally:
+                    release_dataloader_workers(self.trainer)
+
+        _RUNNER = ray.remote(ReweightTaskRunner)
+    return _RUNNER
+
+
+def read_metrics(path) -> list[dict]:
+    """verl's ``file`` logger records, ``[{"step": int, "data": {key: value}}, ...]`` (missing file: [])."""
+    import json
+
+    records = []
+    try:
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if line:
+                    try:
+                        records.append(json.loads(line))
+                    except ValueError:  # a line cut by a kill
+                        continue
+    except OSError:
+        return []
+    return records
+
+
+def validation_curve(records: list[dict]) -> dict[str, list[tuple[int, float]]]:
+    """``{metric: [(step, value), ...]}`` for verl's core validation accuracy (``val-core/<source>/acc|reward/mean@N``)."""
+    import re
+
+    pattern = re.compile(r"^val-core/.+/(acc|reward)/mean@\d+$")
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for rec in records:
+        for key, value in (rec.get("data") or {}).items():
+            if pattern.match(key) and isinstance(value, (int, float)):
+                curves.setdefault(key, []).append((int(rec["step"]), float(value)))
+    acc = {k: v for k, v in curves.items() if "/acc/" in k}
+    return acc or curves
+
+
+def latest_checkpoint(cfg: DictConfig):
+    """``<default_local_dir>/global_step_N`` of verl's tracker file, or None."""
+    from pathlib import Path
+
+    from reweight.checks import CHECKPOINT_TRACKER
+
+    root = Path(str(cfg.trainer.default_local_dir)).expanduser().absolute()
+    try:
+        step = int((root / CHECKPOINT_TRACKER).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    path = root / f"global_step_{step}"
+    return path if path.is_dir() else None
+
+
+def summary(cfg: DictConfig, metrics_path, wall_s: float) -> str:
+    """The end-of-run summary: steps, wall time, validation accuracy first -> last, checkpoint, eval command."""
+    import shlex
+
+    records = read_metrics(metrics_path)
+    train_steps = sorted({int(r["step"]) for r in records if any(k.startswith("actor/") for k in (r.get("data") or {}))})
+    minutes, seconds = divmod(int(round(wall_s)), 60)
+    lines = ["[reweight-train] done."]
+    if train_steps:
+        lines.append(f"  steps:       {train_steps[0]}..{train_steps[-1]} ({len(train_steps)} trained in this run)")
+    else:
+        lines.append("  steps:       none trained in this run")
+    lines.append(f"  wall time:   {minutes} min {seconds:02d} s")
+    for key, curve in sorted(validation_curve(records).items()):
+        first, last = curve[0], curve[-1]
+        lines.append(f"  validation:  {key} {first[1]:.3f} (step {first[0]}) -> {last[1]:.3f} (step {last[0]})")
+    lines.append(f"  metrics:     {metrics_path}")
+    ckpt = latest_checkpoint(cfg)
+    if ckpt is None:
+        lines.append(f"  checkpoint:  none in {cfg.trainer.default_local_dir} (trainer.save_freq={cfg.trainer.save_freq})")
+        return "\n".join(lines)
+    lines.append(f"  checkpoint:  {ckpt}")
+    val_files = cfg.data.val_files
+    val_file = val_files if isinstance(val_files, str) else (list(val_files) or [None])[0]
+    if val_file:
+        command = ["reweight-eval", "sample", "--model", str(ckpt), "--data", str(val_file),
+                   "--out", str(ckpt.parent / "eval.jsonl"), "--n", "8"]
+        lines.append(f"  evaluate:    {shlex.join(command)}")
+    return "\n".join(lines)
+
+
+def _prepare_run(cfg: DictConfig, dry_run: bool) -> str | None:
+    """Everything before Ray: checks, the finished-run test, preparation, the dry run's print.
+
+    Returns the metrics file when training should start, None when there is nothing to train.
+    """
+    import time
+
+    from reweight.checks import completed_step
+
+    check(cfg)
+    step = completed_step(cfg)
+    if step is not None:
+        print(f"[{PROG}] {already_done_message(cfg, step)}", flush=True)
+        return None
     prepare(cfg, dry_run=dry_run)
     if dry_run:
         print(OmegaConf.to_yaml(cfg, resolve=True))
-        print(f"[reweight-train] dry run: config checked and validated; not starting Ray ({DRY_RUN_FLAG}).")
-        return
-    from verl.trainer.main_ppo import TaskRunnerV1, run_ppo
-
-    run_ppo(cfg, task_runner_class=TaskRunnerV1)
+        print(f"[{PROG}] dry run: config checked and validated; not starting Ray ({DRY_RUN_FLAG}).")
+        return None
+    return use_metrics_file(cfg, time.strftime("%Y%m%d-%H%M%S"))
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Console entry point: a Hydra app over our configs; ``--dry-run`` is ours, the rest is Hydra's."""
+def run(cfg: DictConfig, dry_run: bool = False) -> None:
+    """Prepare, then train with verl's ``run_ppo`` (or print the resolved config if ``dry_run``).
+
+    Bad input raises (a ``ValueError``, before Ray starts); :func:`main` turns it into one line. A run
+    whose checkpoint already reached ``total_training_steps`` is reported and returns without Ray.
+    """
+    metrics_path = _prepare_run(cfg, dry_run)
+    if metrics_path is not None:
+        _train(cfg, metrics_path)
+
+
+def _train(cfg: DictConfig, metrics_path: str) -> None:
+    """verl's ``run_ppo`` with our task runner, then the summary (errors here are not bad input)."""
+    import time
+
+    from verl.trainer.main_ppo import run_ppo
+
+    t0 = time.time()
+    run_ppo(cfg, task_runner_class=task_runner_class())
+    print(summary(cfg, metrics_path, time.time() - t0), flush=True)
+
+
+def _hydra_args(args: Sequence[str]):
+    """Hydra's own parse of ``args`` (``--config-name``, overrides, its flags)."""
+    from hydra._internal.utils import get_args_parser
+
+    return get_args_parser().parse_args(list(args))
+
+
+def _plain(parsed) -> bool:
+    """Only --config-name and overrides: the config can be composed (and checked) before Hydra's app runs."""
+    flags = ("help", "hydra_help", "cfg", "multirun", "info", "shell_completion", "config_path", "config_dir",
+             "experimental_rerun", "version", "resolve", "package")
+    return not any(getattr(parsed, f, None) for f in flags)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point: a Hydra app over our configs; ``--dry-run`` is ours, the rest is Hydra's.
+
+    Bad input -- an override that does not compose, a failed check, a missing file -- is one line
+    ``reweight-train: error: ...`` on stderr and exit status 2, before Ray starts
+    (:mod:`reweight.cli_errors`; ``REWEIGHT_DEBUG=1`` adds the traceback).
+    """
     import hydra
+
+    from reweight.cli_errors import run_cli
 
     args = list(sys.argv[1:] if argv is None else argv)
     dry_run = DRY_RUN_FLAG in args
     args = [a for a in args if a != DRY_RUN_FLAG]
 
+    parsed = _hydra_args(args)
+    if _plain(parsed):  # Hydra's app would print a composition error as several lines and exit 1
+        overrides = [o for o in parsed.overrides if not o.lstrip("+~").startswith("hydra.")]
+
+        def _compose() -> None:
+            compose_config(parsed.config_name or DEFAULT_CONFIG, overrides)
+
+        code = run_cli(PROG, _compose)
+        if code:
+            return code
+
     @hydra.main(config_path=CONFIG_PATH, config_name=DEFAULT_CONFIG, version_base=None)
     def _app(cfg: DictConfig) -> None:
-        run(cfg, dry_run=dry_run)
+        prepared: list[str | None] = []
+        code = run_cli(PROG, lambda: prepared.append(_prepare_run(cfg, dry_run)))
+        if code:
+            raise SystemExit(code)  # passes through Hydra's error reporting (it catches Exception only)
+        if prepared[0] is not None:
+            _train(cfg, prepared[0])  # not wrapped: a failure in training is not bad input
 
     saved = sys.argv
-    sys.argv = [saved[0] if saved else "reweight-train", *args]
+    sys.argv = [saved[0] if saved else PROG, *args]
     try:
         _app()
     finally:
         sys.argv = saved
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
