@@ -130,8 +130,8 @@ def already_done_message(cfg: DictConfig, step: int) -> str:
     return (
         f"nothing to train: the checkpoint in {where} is at step {step} and trainer.total_training_steps={total}.\n"
         f"  to train further:  add trainer.total_training_steps=M (M > {step}) to the same command\n"
-        f"  to start afresh:   add trainer.resume_mode=disable, or a new trainer.default_local_dir "
-        f"(or trainer.experiment_name)"
+        f"  to start afresh:   add trainer.resume_mode=disable (overwrites), or choose a new "
+        f"trainer.default_local_dir (by default it follows trainer.experiment_name)"
     )
 
 
