@@ -138,7 +138,8 @@ def already_done_message(cfg: DictConfig, step: int) -> str:
 def use_metrics_file(cfg: DictConfig, stamp: str) -> str:
     """Make verl's ``file`` logger write this run's metrics to a jsonl in the run directory; return its path.
 
-    ``$VERL_FILE_LOGGER_PATH`` wins when set. The path travels in the config (the Ray runtime_env, and
+    A ``VERL_FILE_LOGGER_PATH`` already in the Ray runtime_env's env_vars wins, then the environment's.
+    The path travels in the config (the Ray runtime_env, and
     read back by :func:`task_runner_class`'s runner, which also covers a job joining an existing cluster).
     One file per launch (``metrics-<stamp>.jsonl``): verl opens it for writing, a resumed run would erase
     the previous one.
@@ -147,9 +148,12 @@ def use_metrics_file(cfg: DictConfig, stamp: str) -> str:
 
     from omegaconf import open_dict
 
-    path = os.environ.get(METRICS_ENV) or os.path.join(
-        os.path.abspath(os.path.expanduser(str(cfg.trainer.default_local_dir))), f"metrics-{stamp}.jsonl"
+    path = (
+        OmegaConf.select(cfg, f"{RUNTIME_ENV_VARS}.{METRICS_ENV}", default=None)
+        or os.environ.get(METRICS_ENV)
+        or os.path.join(os.path.abspath(os.path.expanduser(str(cfg.trainer.default_local_dir))), f"metrics-{stamp}.jsonl")
     )
+    path = str(path)
     loggers = cfg.trainer.get("logger") or []
     loggers = [loggers] if isinstance(loggers, str) else list(loggers)
     with open_dict(cfg):
