@@ -4,6 +4,13 @@
     reweight-train --config-name qwen25_math_7b_reweight trainer.nnodes=4
     reweight-train --config-name dapo_reweight actor_rollout_ref.actor.policy_loss.alpha=0.1 ...
     reweight-train --dry-run ...                     # compose + check + validate, print, exit
+    reweight-train --verbose ...                     # verl's full output on an interactive console too
+
+On an interactive console the run prints one line per step and writes verl's and Ray's output to
+``<trainer.default_local_dir>/train-<time>.log`` (elsewhere -- pipes, CI, SLURM, Ray jobs -- the full
+output is printed, as with ``--verbose``); it ends with a summary (steps, wall time, validation
+accuracy first -> last, the checkpoint, the command to evaluate it). Bad input is one line and exit
+status 2 before Ray starts; a run whose checkpoint already reached ``total_training_steps`` says so.
 
 The override syntax is Hydra's, exactly as for ``python -m verl.trainer.main_ppo``. The flow: compose
 (``pkg://reweight.configs`` on top of verl's ``pkg://verl.trainer.config``) -> our checks
@@ -22,6 +29,7 @@ CONFIG_MODULE = "reweight.configs"
 CONFIG_PATH = "pkg://" + CONFIG_MODULE
 DEFAULT_CONFIG = "embedded"
 DRY_RUN_FLAG = "--dry-run"
+VERBOSE_FLAG = "--verbose"
 PROG = "reweight-train"
 
 
@@ -323,15 +331,156 @@ def run(cfg: DictConfig, dry_run: bool = False) -> None:
         _train(cfg, metrics_path)
 
 
-def _train(cfg: DictConfig, metrics_path: str) -> None:
-    """verl's ``run_ppo`` with our task runner, then the summary (errors here are not bad input)."""
+def _train(cfg: DictConfig, metrics_path: str, verbose: bool = True) -> None:
+    """verl's ``run_ppo`` with our task runner, then the summary (errors here are not bad input).
+
+    Unless ``verbose``, verl's and Ray's output goes to ``<default_local_dir>/train-<time>.log`` and the
+    console shows one line per step (:class:`StepPrinter`, from verl's metrics file).
+    """
+    import os
     import time
 
     from verl.trainer.main_ppo import run_ppo
 
     t0 = time.time()
-    run_ppo(cfg, task_runner_class=task_runner_class())
+    if verbose:
+        run_ppo(cfg, task_runner_class=task_runner_class())
+    else:
+        log = os.path.join(os.path.abspath(os.path.expanduser(str(cfg.trainer.default_local_dir))),
+                           f"train-{time.strftime('%Y%m%d-%H%M%S')}.log")
+        print(f"[{PROG}] training; verl's full output goes to {log} ({VERBOSE_FLAG} shows it here)", flush=True)
+        total = OmegaConf.select(cfg, "trainer.total_training_steps", default=None)
+        try:
+            with output_to(log) as console:
+                printer = StepPrinter(metrics_path, total, console)
+                printer.start()
+                try:
+                    run_ppo(cfg, task_runner_class=task_runner_class())
+                finally:
+                    printer.stop()
+        except BaseException:
+            print(f"[{PROG}] training failed; the last lines of {log}:", file=sys.stderr)
+            print("".join(_tail(log, 40)), file=sys.stderr, flush=True)
+            raise
     print(summary(cfg, metrics_path, time.time() - t0), flush=True)
+
+
+def _tail(path: str, n: int) -> list[str]:
+    try:
+        with open(path, errors="replace") as f:
+            return f.readlines()[-n:]
+    except OSError:
+        return []
+
+
+class output_to:  # noqa: N801 - a context manager used like a function
+    """Send this process's stdout and stderr (file descriptors 1 and 2, so also Ray's log streaming and
+    child processes) to ``path``; yields a text stream to the original console."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __enter__(self):
+        import os
+
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.saved = (os.dup(1), os.dup(2))
+        self.console = os.fdopen(os.dup(self.saved[0]), "w", buffering=1)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+        return self.console
+
+    def __exit__(self, *exc):
+        import os
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(self.saved[0], 1)
+        os.dup2(self.saved[1], 2)
+        for fd in self.saved:
+            os.close(fd)
+        self.console.close()
+        return False
+
+
+def step_line(record: dict, total: int | None, mean_step_s: float | None) -> str | None:
+    """One console line for a record of verl's metrics file: step, reward, validation accuracy, mean token
+    weight, step time, ETA; None for a record without a training step (e.g. the initial validation)."""
+    import math
+
+    data = record.get("data") or {}
+    step = int(record.get("step", 0))
+    val = {k: v for k, v in data.items() if k.startswith("val-core/") and "/acc/mean@" in k}
+    if not any(k.startswith("actor/") for k in data):
+        if val:
+            return f"[{PROG}] step {step}: validation accuracy " + ", ".join(f"{v:.3f}" for v in val.values())
+        return None
+    parts = [f"step {step}" + (f"/{total}" if total else "")]
+    if isinstance(data.get("critic/score/mean"), (int, float)):
+        parts.append(f"reward {data['critic/score/mean']:+.3f}")
+    if val:
+        parts.append("val acc " + ",".join(f"{v:.3f}" for v in val.values()))
+    if isinstance(data.get("actor/reweight/weight_mean"), (int, float)):
+        parts.append(f"weight {data['actor/reweight/weight_mean']:.3f}")
+    if isinstance(data.get("timing_s/step"), (int, float)):
+        parts.append(f"{data['timing_s/step']:.1f} s")
+    if total and mean_step_s and math.isfinite(mean_step_s) and step < total:
+        eta = int(round((total - step) * mean_step_s))
+        parts.append(f"ETA {eta // 60} min {eta % 60:02d} s")
+    return f"[{PROG}] " + "  ".join(parts)
+
+
+class StepPrinter:
+    """Follows verl's metrics jsonl in a thread and prints :func:`step_line` for each new record."""
+
+    def __init__(self, path: str, total: int | None, out, poll_s: float = 1.0):
+        import threading
+
+        self.path, self.total, self.out, self.poll_s = path, total, out, poll_s
+        self.offset, self.pending, self.step_times = 0, "", []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="reweight-step-printer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self.poll()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            self.poll()
+
+    def poll(self) -> None:
+        import json
+
+        try:
+            with open(self.path) as f:
+                f.seek(self.offset)
+                chunk = f.read()
+                self.offset = f.tell()
+        except OSError:
+            return
+        self.pending += chunk
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            t = (record.get("data") or {}).get("timing_s/step")
+            if isinstance(t, (int, float)):
+                self.step_times.append(float(t))
+            mean = sum(self.step_times) / len(self.step_times) if self.step_times else None
+            text = step_line(record, self.total, mean)
+            if text:
+                print(text, file=self.out, flush=True)
 
 
 def _hydra_args(args: Sequence[str]):
@@ -361,7 +510,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = list(sys.argv[1:] if argv is None else argv)
     dry_run = DRY_RUN_FLAG in args
-    args = [a for a in args if a != DRY_RUN_FLAG]
+    # one line per step on an interactive console; full output with --verbose and wherever output is a
+    # log already (pipes, CI, SLURM, Ray jobs)
+    verbose = VERBOSE_FLAG in args or not sys.stdout.isatty()
+    args = [a for a in args if a not in (DRY_RUN_FLAG, VERBOSE_FLAG)]
 
     parsed = _hydra_args(args)
     if _plain(parsed):  # Hydra's app would print a composition error as several lines and exit 1
@@ -381,7 +533,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if code:
             raise SystemExit(code)  # passes through Hydra's error reporting (it catches Exception only)
         if prepared[0] is not None:
-            _train(cfg, prepared[0])  # not wrapped: a failure in training is not bad input
+            _train(cfg, prepared[0], verbose=verbose)  # not wrapped: a failure in training is not bad input
 
     saved = sys.argv
     sys.argv = [saved[0] if saved else PROG, *args]

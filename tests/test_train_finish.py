@@ -105,3 +105,45 @@ def test_release_dataloader_workers_stops_the_workers_verl_keeps():
     assert trainer.train_dataloader_it is None
     assert not any(w.is_alive() for w in workers)
     release_dataloader_workers(trainer)  # idempotent
+
+
+def test_step_lines_from_verls_metrics_file(tmp_path):
+    import io
+
+    from reweight.train import StepPrinter, step_line
+
+    key = "val-core/synthetic_arith/acc/mean@1"
+    assert step_line({"step": 0, "data": {key: 0.156}}, 20, None) == "[reweight-train] step 0: validation accuracy 0.156"
+    assert step_line({"step": 0, "data": {"val-aux/x/reward/mean@1": 1.0}}, 20, None) is None
+    rec = {"step": 2, "data": {"actor/pg_loss": 0.1, "critic/score/mean": -0.25, "actor/reweight/weight_mean": 1.0625,
+                               "timing_s/step": 10.0}}
+    assert step_line(rec, 20, 10.0) == "[reweight-train] step 2/20  reward -0.250  weight 1.062  10.0 s  ETA 3 min 00 s"
+    path = tmp_path / "m.jsonl"
+    out = io.StringIO()
+    printer = StepPrinter(str(path), 3, out, poll_s=0.01)
+    printer.poll()  # no file yet: nothing
+    rows = [{"step": 1, "data": {"actor/x": 1, "timing_s/step": 4.0}}, {"step": 2, "data": {"actor/x": 1, "timing_s/step": 2.0}}]
+    path.write_text(json.dumps(rows[0]) + "\n" + json.dumps(rows[1])[:10])  # the second line is still being written
+    printer.poll()
+    assert out.getvalue() == "[reweight-train] step 1/3  4.0 s  ETA 0 min 08 s\n"
+    path.write_text(json.dumps(rows[0]) + "\n" + json.dumps(rows[1]) + "\n")
+    printer.poll()
+    assert out.getvalue().splitlines()[1] == "[reweight-train] step 2/3  2.0 s  ETA 0 min 03 s"  # mean of 4 s and 2 s
+
+
+def test_output_to_sends_file_descriptors_to_the_log(tmp_path, capfd):
+    import os
+    import subprocess
+
+    from reweight.train import output_to
+
+    log = tmp_path / "run" / "train.log"
+    with output_to(str(log)) as console:
+        os.write(1, b"to the log\n")  # (pytest swaps sys.stdout itself; the real console writes to fd 1)
+        subprocess.run(["echo", "child to the log"], check=True)
+        os.write(2, b"stderr to the log\n")
+        print("to the console", file=console)
+    print("after")
+    assert log.read_text().splitlines() == ["to the log", "child to the log", "stderr to the log"]
+    out = capfd.readouterr().out
+    assert "to the console" in out and "after" in out and "to the log" not in out.replace("to the console", "")
