@@ -13,10 +13,21 @@ lets through silently or only reports from inside a Ray worker, minutes into a j
 - actor and rollout model configs that can disagree: ``actor_rollout_ref.model.override_config`` edits
   the actor's model only; vLLM starts from the checkpoint with ``rollout.engine_kwargs.vllm.hf_overrides``;
   and sequences longer than the model's positions (checkpoint read when ``model.path`` is local).
+- inputs and outputs on this machine (:func:`check_paths`): data files, the model path, a
+  ``resume_from_path`` that must be a verl checkpoint, a writable ``trainer.default_local_dir``;
+  and a run whose checkpoint already reached ``total_training_steps`` (:func:`completed_step`).
+
+The model-path rule (:func:`model_path_problem`) is shared by every CLI: an existing local path is
+used; ``embedded://`` assets and remote URIs (``hdfs://``...) are left to their loaders; a path that
+does not exist here is taken for a Hugging Face hub id only if it looks like one (``org/name``, and
+its first component is not an existing local directory), otherwise it is refused without asking the hub.
 """
 
 from __future__ import annotations
 
+import os
+import re
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -194,3 +205,144 @@ def check_config(cfg: DictConfig) -> None:
     check_policy_loss(cfg)
     check_reward_scorer(cfg)
     check_model_config_agreement(cfg)
+
+
+# ------------------------------------------------------------------------------------------ paths
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+EMBEDDED_SCHEME = "embedded://"
+DATA_KEYS = ("data.train_files", "data.val_files")
+MODEL_KEY = "actor_rollout_ref.model.path"
+CHECKPOINT_TRACKER = "latest_checkpointed_iteration.txt"  # verl's get_checkpoint_tracker_filename
+STEP_DIR = re.compile(r"global_step_(\d+)$")
+
+
+def _is_uri(value: str) -> bool:
+    """``embedded://``, ``hdfs://``, ``s3://``...: resolved by their own loaders, not a local path."""
+    return "://" in value
+
+
+def model_path_problem(path: str) -> str | None:
+    """Why ``path`` cannot be a model, or None: existing local path, URI, or hub id ``org/name``.
+
+    A missing path that looks like a hub id is accepted without contacting the hub (its loader reports
+    a bad id); one whose first component is an existing local directory (``ckpt/model`` next to a
+    ``ckpt/`` folder) is a missing local path.
+    """
+    text = str(path)
+    if not text.strip():
+        return "empty model path"
+    if _is_uri(text):
+        return None
+    local = Path(text).expanduser()
+    if local.exists():
+        return None
+    if HUB_ID.match(text) and not Path(text.split("/", 1)[0]).is_dir():
+        return None
+    return "no such file or directory (and not a Hugging Face hub id of the form org/name)"
+
+
+def check_model_path(path: str, what: str) -> None:
+    """Raise :class:`ConfigError` ``<what>=<path>: <why>`` unless ``path`` can be a model (see above)."""
+    problem = model_path_problem(path)
+    if problem:
+        raise ConfigError(f"{what}={str(path)!r}: {problem}")
+
+
+def _as_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in value]
+
+
+def check_data_files(cfg: DictConfig) -> None:
+    """Every local file of ``data.train_files`` / ``data.val_files`` exists (URIs and embedded:// skipped)."""
+    for key in DATA_KEYS:
+        for item in _as_list(OmegaConf.select(cfg, key, default=None)):
+            if _is_uri(item):
+                continue
+            path = Path(item).expanduser()
+            if not path.exists():
+                raise ConfigError(f"{key}={item!r}: file not found")
+            if path.is_dir() and not any(path.glob("*.parquet")):
+                raise ConfigError(f"{key}={item!r}: a directory without .parquet files")
+
+
+def _absolute(path: str) -> Path:
+    """As verl resolves checkpoint paths: relative to the working directory."""
+    return Path(os.path.abspath(os.path.expanduser(path)))
+
+
+def check_resume(cfg: DictConfig) -> None:
+    """``trainer.resume_mode`` is known; with ``resume_path``, ``resume_from_path`` is a verl checkpoint.
+
+    A verl checkpoint is a ``global_step_N`` directory holding the actor's shards in ``actor/``.
+    """
+    mode = OmegaConf.select(cfg, "trainer.resume_mode", default="auto")
+    if mode not in ("auto", "disable", "resume_path"):
+        raise ConfigError(f"trainer.resume_mode={mode!r}: use auto, disable or resume_path")
+    if mode != "resume_path":
+        return
+    value = OmegaConf.select(cfg, "trainer.resume_from_path", default=None)
+    if not value:
+        raise ConfigError("trainer.resume_mode=resume_path needs trainer.resume_from_path=<checkpoint dir>/global_step_N")
+    path = _absolute(str(value))
+    if not STEP_DIR.search(path.name):
+        raise ConfigError(f"trainer.resume_from_path={value!r}: not a verl checkpoint (expected a directory named global_step_N)")
+    if not path.is_dir():
+        raise ConfigError(f"trainer.resume_from_path={value!r}: no such directory")
+    if not (path / "actor").is_dir():
+        raise ConfigError(f"trainer.resume_from_path={value!r}: not a verl checkpoint (no actor/ inside)")
+
+
+def check_writable_dir(value: str, key: str) -> None:
+    """``value`` is a directory this user can create and write (nothing is created here)."""
+    path = _absolute(str(value))
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise ConfigError(f"{key}={value!r}: {probe} is a file, not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        what = "is not writable" if probe == path else f"cannot be created ({probe} is not writable)"
+        raise ConfigError(f"{key}={value!r}: {what}")
+
+
+def check_paths(cfg: DictConfig) -> None:
+    """The run's inputs exist and its output directory is writable, checked on this machine (no Ray, no hub)."""
+    check_data_files(cfg)
+    model = OmegaConf.select(cfg, MODEL_KEY, default=None)
+    if model is None:
+        raise ConfigError(f"{MODEL_KEY} is not set")
+    check_model_path(str(model), MODEL_KEY)
+    check_resume(cfg)
+    check_writable_dir(str(cfg.trainer.default_local_dir), "trainer.default_local_dir")
+
+
+def completed_step(cfg: DictConfig) -> int | None:
+    """The checkpointed step this run would resume from, if it already reached ``total_training_steps``.
+
+    Reads the checkpoint verl would load (``<default_local_dir>/latest_checkpointed_iteration.txt`` for
+    ``resume_mode=auto``, the ``global_step_N`` of ``resume_from_path``); None when there is none, when it
+    is short of ``trainer.total_training_steps``, or when the step count is set by epochs only.
+    """
+    total = OmegaConf.select(cfg, "trainer.total_training_steps", default=None)
+    mode = OmegaConf.select(cfg, "trainer.resume_mode", default="auto")
+    if total is None or mode == "disable":
+        return None
+    if mode == "resume_path":
+        match = STEP_DIR.search(_absolute(str(cfg.trainer.resume_from_path)).name)
+        step = int(match.group(1)) if match else None
+    else:
+        root = _absolute(str(cfg.trainer.default_local_dir))
+        try:
+            step = int((root / CHECKPOINT_TRACKER).read_text().strip())
+        except (OSError, ValueError):
+            return None
+        if not (root / f"global_step_{step}").is_dir():
+            return None  # verl then trains from scratch
+    return step if step is not None and step >= int(total) else None

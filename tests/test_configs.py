@@ -21,6 +21,15 @@ PRIMARY_CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.yaml"))
 MODEL = ["actor_rollout_ref.model.path=/models/any"]
 
 
+def _local_run(tmp_path) -> list[str]:
+    """Overrides naming a model dir, data files and an output dir that exist (reweight-train checks them)."""
+    (tmp_path / "model").mkdir(exist_ok=True)
+    for name in ("train", "val"):
+        (tmp_path / f"{name}.parquet").touch()
+    return [f"actor_rollout_ref.model.path={tmp_path / 'model'}", f"data.train_files={tmp_path / 'train.parquet'}",
+            f"data.val_files={tmp_path / 'val.parquet'}", f"trainer.default_local_dir={tmp_path / 'ckpt'}"]
+
+
 def test_the_expected_presets_exist():
     for name in ["dapo", "dapo_reweight", "qwen25_math_7b_dapo", "qwen25_math_7b_reweight",
                  "qwen3_8b_base_dapo", "qwen3_8b_base_reweight"]:
@@ -133,7 +142,7 @@ def test_unregistered_loss_mode_refused():
 
 def test_dry_run_cli_prints_resolved_config_and_does_not_start_ray(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "reweight.train", "--config-name", "dapo_reweight", "--dry-run", *MODEL,
+        [sys.executable, "-m", "reweight.train", "--config-name", "dapo_reweight", "--dry-run", *_local_run(tmp_path),
          "actor_rollout_ref.actor.policy_loss.alpha=0.15", f"hydra.run.dir={tmp_path}"],
         capture_output=True, text=True, timeout=300,
     )
@@ -200,10 +209,10 @@ def test_wheel_ships_the_configs(tmp_path):
     assert OmegaConf.load(ROOT / "configs" / "dapo.yaml").defaults[0] == "ppo_trainer"
 
 
-def test_workers_import_the_plugin_even_without_entry_point_discovery(local_ray):
+def test_workers_import_the_plugin_even_without_entry_point_discovery(local_ray, tmp_path):
     """prepare() routes our plugin through VERL_USE_EXTERNAL_MODULES in the job's runtime_env, which verl
     imports unguarded in every worker: here entry-point discovery is off and the loss is still registered."""
-    cfg = compose_config("dapo_reweight", MODEL)
+    cfg = compose_config("dapo_reweight", _local_run(tmp_path))
     prepare(cfg, dry_run=True)
     env_vars = dict(OmegaConf.to_container(cfg.ray_kwargs.ray_init.runtime_env.env_vars))
     assert env_vars["VERL_USE_EXTERNAL_MODULES"] == "reweight.plugin"
@@ -220,7 +229,7 @@ def test_wandb_without_credentials_refused_before_ray(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env["HOME"] = str(tmp_path)  # no ~/.netrc
     out = subprocess.run(
-        [sys.executable, "-m", "reweight.train", "--config-name", "dapo_reweight", *MODEL,
+        [sys.executable, "-m", "reweight.train", "--config-name", "dapo_reweight", *_local_run(tmp_path),
          "trainer.logger=[console,wandb]", f"hydra.run.dir={tmp_path}"],
         capture_output=True, text=True, timeout=300, env=env,
     )

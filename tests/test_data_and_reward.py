@@ -74,7 +74,7 @@ def test_prepared_files_load_in_verls_rl_dataset(tmp_path, tiny_tokenizer):
 def test_cli_bad_input(argv, match, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["--out-dir", str(tmp_path), *argv])
-    assert match in str(e.value)
+    assert e.value.code == 2 and match in capsys.readouterr().err
 
 
 def test_missing_answer_column_named(tmp_path):

@@ -160,8 +160,8 @@ def test_generate_writes_records(tiny_pair_dirs, dataset, tmp_path, capsys):
     ],
 )
 def test_sweep_bad_settings_fail_before_loading(extra, message, dataset, tmp_path, capsys):
-    # model paths that do not exist: the error must come from validation, before anything is loaded
-    code, _, err = run_cli(["sweep", "--base", str(tmp_path / "nope"), "--rl", str(tmp_path / "nope"), "--data",
+    # models that are never loaded (hub ids, not fetched): the error must come from validation first
+    code, _, err = run_cli(["sweep", "--base", "no-org/nope", "--rl", "no-org/nope", "--data",
                             str(dataset), "--out", str(tmp_path / "o"), *extra], capsys)
     assert code == 2 and message in err
     assert not (tmp_path / "o").exists()

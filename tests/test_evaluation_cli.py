@@ -66,8 +66,8 @@ def test_cli_sample_score_support_report(tiny_pair_dirs, dataset, capsys):
 def test_cli_bad_input_fails_before_loading_a_model(dataset, tmp_path, capsys):
     root, _ = dataset
     pd.DataFrame([{"prompt": "What is 1+1?", "data_source": "amc"}]).to_parquet(tmp_path / "nogt.parquet")
-    # the model path does not exist: the ground-truth error must come first
-    rc = main(["sample", "--model", str(tmp_path / "no_model"), "--data", str(tmp_path / "nogt.parquet"), "--out", str(tmp_path / "o.jsonl")])
+    # the model (a hub id, never fetched) is not loaded: the ground-truth error must come first
+    rc = main(["sample", "--model", "no-org/no-model", "--data", str(tmp_path / "nogt.parquet"), "--out", str(tmp_path / "o.jsonl")])
     assert rc == 2 and "reward_model.ground_truth" in capsys.readouterr().err
 
     with open(tmp_path / "r.jsonl", "w") as f:

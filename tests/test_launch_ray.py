@@ -37,6 +37,16 @@ CPU_OVERRIDES = [] if torch.cuda.is_available() else ["actor_rollout_ref.actor.s
 ONE_NODE = ["trainer.nnodes=1", "trainer.n_gpus_per_node=1", *CPU_OVERRIDES]
 
 
+def _files(tmp_path) -> list[str]:
+    """A model dir, data files and an output dir that exist: reweight-train --dry-run checks them (this machine
+    is every node here)."""
+    (tmp_path / "model").mkdir(exist_ok=True)
+    for name in ("train", "val"):
+        (tmp_path / f"{name}.parquet").touch()
+    return [f"actor_rollout_ref.model.path={tmp_path / 'model'}", f"data.train_files={tmp_path / 'train.parquet'}",
+            f"data.val_files={tmp_path / 'val.parquet'}", f"trainer.default_local_dir={tmp_path / 'ckpt'}"]
+
+
 def _launcher() -> list[str]:
     exe = shutil.which("reweight-launch")
     return [exe] if exe else [sys.executable, "-m", "reweight.launch.cli"]
@@ -134,10 +144,10 @@ def ray_cluster():
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def test_submit_validates_config_and_registers_loss_in_a_worker_on_each_node(ray_cluster):
+def test_submit_validates_config_and_registers_loss_in_a_worker_on_each_node(ray_cluster, tmp_path):
     r = ray_cluster.launch(
         "submit", "--address", ray_cluster.address, "--config-name", CONFIG, "--validate-only", "--probe-workers",
-        "--ship-package", "--wait", "--timeout", "400", "--", *ONE_NODE, f"{ALPHA}=0.15",
+        "--ship-package", "--wait", "--timeout", "400", "--", *ONE_NODE, *_files(tmp_path), f"{ALPHA}=0.15",
     )
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     assert "[reweight-train] dry run: config checked and validated" in r.stdout
@@ -159,7 +169,7 @@ def test_sweep_submits_one_job_per_point_and_summary_reads_both(ray_cluster, tmp
     r = ray_cluster.launch(
         "sweep", "--name", "s2", "--out-dir", str(tmp_path), "--address", ray_cluster.address, "--config-name", CONFIG,
         "--validate-only", "--wait", "--timeout", "400", "--",
-        f"{ALPHA}=0.1,0.2", *ONE_NODE,
+        f"{ALPHA}=0.1,0.2", *ONE_NODE, *_files(tmp_path),
     )
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     assert "2/2 jobs succeeded" in r.stdout

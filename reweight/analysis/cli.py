@@ -116,12 +116,21 @@ def config_from_args(args: argparse.Namespace) -> AnalysisConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        summary = run_analysis(config_from_args(args))
-    except (FileNotFoundError, KeyError, ValueError) as e:  # bad input: a message, not a traceback
-        parser.exit(2, f"reweight-analyze: error: {e.args[0] if e.args else e}\n")
+    from reweight.checks import check_model_path
+    from reweight.cli_errors import run_cli
+
+    args = build_parser().parse_args(argv)
+    result: dict = {}
+
+    def body() -> None:  # bad input: one line and status 2, not a traceback
+        check_model_path(args.base_model, "--base-model")  # a missing path is refused here, not by the hub client
+        check_model_path(args.rl_model, "--rl-model")
+        result.update(run_analysis(config_from_args(args)))
+
+    code = run_cli("reweight-analyze", body)
+    if code:
+        raise SystemExit(code)
+    summary = result
     brief = {
         "out": args.out,
         "n_samples": summary["n_samples"],

@@ -27,6 +27,7 @@ import pandas as pd
 from reweight.io import write_parquet_atomic
 
 DEFAULT_OUT_DIR = "~/data/verl-reweight"
+PROG = "reweight-prepare-data"
 
 DAPO_INSTRUCTION = (
     "Solve the following math problem step by step. The last line of your response should be of the form "
@@ -185,14 +186,16 @@ def _pairs(values: Sequence[str], flag: str) -> dict[str, str]:
     pairs = {}
     for value in values:
         if "=" not in value:
-            raise SystemExit(f"{flag} expects NAME=VALUE, got {value!r}")
+            raise ValueError(f"{flag} expects NAME=VALUE, got {value!r}")
         key, val = value.split("=", 1)
         pairs[key] = val
     return pairs
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="reweight-prepare-data", description=__doc__,
+def main(argv: Sequence[str] | None = None) -> int:
+    from reweight.cli_errors import run_cli
+
+    ap = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out-dir", default=DEFAULT_OUT_DIR, help=f"output folder (default {DEFAULT_OUT_DIR})")
     ap.add_argument("--only", default=None, help=f"comma-separated subset of {sorted(SOURCES)}")
@@ -201,17 +204,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--repeat", action="append", default=[], metavar="NAME=K",
                     help="write each problem of NAME K times (default: aime24=32, others 1)")
     args = ap.parse_args(argv)
-    names = args.only.split(",") if args.only else list(SOURCES)
-    try:
-        repeat = {k: int(v) for k, v in _pairs(args.repeat, "--repeat").items()}
-    except ValueError as e:
-        raise SystemExit(f"--repeat: {e}") from e
-    if any(k < 1 for k in repeat.values()):
-        raise SystemExit("--repeat: K must be >= 1")
-    try:
+
+    def body() -> None:
+        names = args.only.split(",") if args.only else list(SOURCES)
+        repeat = {}
+        for k, v in _pairs(args.repeat, "--repeat").items():
+            try:
+                repeat[k] = int(v)
+            except ValueError:
+                raise ValueError(f"--repeat {k}={v!r}: K must be an integer") from None
+            if repeat[k] < 1:
+                raise ValueError(f"--repeat {k}={v!r}: K must be >= 1")
         prepare(names, args.out_dir, _pairs(args.from_file, "--from-file"), repeat)
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"reweight-prepare-data: {e}") from e
+
+    code = run_cli(PROG, body)
+    if code:  # raised, so that callers that expect SystemExit on bad input keep working
+        raise SystemExit(code)
+    return 0
 
 
 if __name__ == "__main__":

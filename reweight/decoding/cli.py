@@ -217,12 +217,17 @@ def cmd_sweep(args) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from reweight.checks import check_model_path
+    from reweight.cli_errors import run_cli
+
     args = build_parser().parse_args(argv)
-    try:
+
+    def body() -> int:
+        check_model_path(args.base, "--base")  # a missing path is refused here, not by the hub client
+        check_model_path(args.rl, "--rl")
         return cmd_generate(args) if args.command == "generate" else cmd_sweep(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"reweight-decode: error: {e}", file=sys.stderr)
-        return 2
+
+    return run_cli("reweight-decode", body)
 
 
 if __name__ == "__main__":

@@ -269,13 +269,21 @@ def cmd_report(args: argparse.Namespace) -> int:
 COMMANDS = {"sample": cmd_sample, "score": cmd_score, "support": cmd_support, "report": cmd_report}
 
 
+MODEL_FLAGS = {"sample": ("model",), "support": ("base_model", "rl_model")}
+
+
 def main(argv: list[str] | None = None) -> int:
+    from reweight.checks import check_model_path
+    from reweight.cli_errors import run_cli
+
     args = build_parser().parse_args(argv)
-    try:
+
+    def body() -> int:  # bad input (EvalInputError is a ValueError): one line, status 2
+        for dest in MODEL_FLAGS.get(args.command, ()):  # a missing path is refused here, not by the hub client
+            check_model_path(getattr(args, dest), "--" + dest.replace("_", "-"))
         return COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError) as err:  # bad input (EvalInputError is a ValueError)
-        print(f"reweight-eval {args.command}: error: {err}", file=sys.stderr)
-        return 2
+
+    return run_cli(f"reweight-eval {args.command}", body)
 
 
 if __name__ == "__main__":

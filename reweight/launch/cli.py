@@ -38,13 +38,6 @@ def _say(text: str) -> None:
     print(f"[{PROG}] {text}", flush=True)
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    return (ValueError, RuntimeError, HydraException, OmegaConfBaseException)
-
-
 # ------------------------------------------------------------------------------------------------ ray
 
 
@@ -137,6 +130,7 @@ def cmd_submit(a: argparse.Namespace) -> int:
         tags=a.tag,
         wandb_dir=a.wandb_dir,
         ship_package=a.ship_package,
+        check_paths=a.check_paths,
     )
     for note in job.notes:
         _say("note: " + note)
@@ -209,6 +203,7 @@ def cmd_slurm(a: argparse.Namespace) -> int:
         wandb_dir=a.wandb_dir,
         ship_package=a.ship_package,
         dry_run=a.dry_run,
+        check_paths=a.check_paths,
     )
     if a.dry_run:
         print(launch.script, end="")
@@ -240,6 +235,7 @@ def cmd_sweep(a: argparse.Namespace) -> int:
             resume=a.resume,
             dry_run=a.dry_run,
             out=sys.stdout,
+            check_paths=a.check_paths,
         )
         if a.dry_run:
             for launch in result["launches"]:
@@ -260,6 +256,7 @@ def cmd_sweep(a: argparse.Namespace) -> int:
         wandb_dir=a.wandb_dir,
         resume=a.resume,
         out=sys.stdout,
+        check_paths=a.check_paths,
     )
     _say(f"manifest: {manifest['path']}")
     if not a.wait:
@@ -307,6 +304,14 @@ def _add_job_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tag", action="append", default=[], help="W&B tag (WANDB_TAGS); repeatable")
     p.add_argument("--wandb-dir", help="WANDB_DIR for the run (where offline runs are written)")
     p.add_argument("--ship-package", action="store_true", help="ship this reweight package to the nodes (py_modules)")
+    _add_check_paths(p)
+
+
+def _add_check_paths(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--check-paths", action="store_true",
+        help="also check the run's files here (data, model, resume checkpoint, output dir): a filesystem shared with the cluster",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -363,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config-name")
     p.add_argument("--wandb-dir", help="WANDB_DIR for every point (default: the sweep's folder)")
     p.add_argument("--ship-package", action="store_true")
+    _add_check_paths(p)
     p.add_argument("--validate-only", action="store_true")
     p.add_argument("--probe-workers", action="store_true")
     p.add_argument("--resume", action="store_true", help="resubmit the failed or unsubmitted points of an existing sweep")
@@ -391,13 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from reweight.cli_errors import run_cli, user_errors
+
     args = build_parser().parse_args(argv)
-    try:
-        code = args.func(args)
-    except _user_errors() as e:
-        print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    return int(code or 0)
+    return run_cli(f"{PROG} {args.command}", lambda: args.func(args), user_errors((RuntimeError,)))
 
 
 if __name__ == "__main__":

@@ -281,17 +281,19 @@ def launch_slurm(
     wandb_dir: str | None = None,
     ship_package: bool = False,
     dry_run: bool = False,
+    check_paths: bool = False,
 ) -> SlurmLaunch:
     """Check the run (config composes, W&B credentials), write its sbatch script, submit unless ``dry_run``.
 
-    The config is composed here, on the login node, so a bad key fails now rather than after the job
-    waited in the queue; the in-job ``submit`` checks the cluster's shape once it is up.
+    The config is composed and validated here (as ``reweight-train --dry-run``; the files too with
+    ``check_paths``), on the login node, so a bad key or value fails now rather than after the job
+    waited in the queue, and no script is written; the in-job ``submit`` checks the cluster's shape once it is up.
     """
     from reweight.launch.submit import plan_job
 
     spec.check()
     training_overrides = slurm_training_overrides(spec.nodes, spec.gpus_per_node, overrides, rollout_name)
-    plan_job(training_overrides, config_name=config_name, environ=environ, group=group, tags=tags)
+    plan_job(training_overrides, config_name=config_name, environ=environ, group=group, tags=tags, check_paths=check_paths)
     text = render_sbatch(
         spec, training_overrides, config_name=config_name, group=group, tags=tags, wandb_dir=wandb_dir, ship_package=ship_package
     )

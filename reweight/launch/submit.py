@@ -2,7 +2,10 @@
 
 The flow, every check before anything is submitted:
 
-1. compose the training config locally exactly as ``reweight-train`` will (Hydra errors name the key);
+1. compose the training config locally exactly as ``reweight-train`` will (Hydra errors name the key),
+   and validate it as ``reweight-train --dry-run`` does (our checks, verl's ``validate_config``), without
+   building the embedded assets; the run's files are checked on this machine only with ``check_paths``
+   (they may live on the cluster only);
 2. W&B: ``wandb`` in ``trainer.logger`` needs credentials or ``WANDB_MODE=offline|disabled``;
 3. the cluster (its dashboard) must have ``trainer.nnodes`` nodes x ``trainer.n_gpus_per_node`` GPUs;
 4. submit ``reweight-train <overrides>`` with a runtime_env that carries
@@ -82,6 +85,25 @@ def compose(config_name: str | None, overrides: Sequence[str]) -> Any:
     return compose_config(config_name or DEFAULT_CONFIG, list(overrides))
 
 
+def validate_training_config(cfg: Any, check_paths: bool = False) -> None:
+    """The checks of ``reweight-train --dry-run`` on a copy of ``cfg``; raises ``ValueError`` naming the key.
+
+    The embedded assets are not built (the job builds them where it runs); with ``check_paths`` the
+    data files, model path, resume checkpoint and output directory are checked on this machine too
+    (a shared filesystem, e.g. a SLURM login node).
+    """
+    import contextlib
+    import copy
+    import io
+    import warnings
+
+    from reweight.train import prepare
+
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():  # verl's chatter; the job prints it again
+        warnings.simplefilter("ignore")
+        prepare(copy.deepcopy(cfg), dry_run=True, build_embedded=False, local_paths=check_paths)
+
+
 def training_entrypoint(
     overrides: Sequence[str], config_name: str | None = None, validate_only: bool = False, probe_nodes: int | None = None
 ) -> str:
@@ -116,6 +138,7 @@ def plan_job(
     wandb_dir: str | os.PathLike | None = None,
     ship_package: bool = False,
     extra_metadata: Mapping[str, str] | None = None,
+    check_paths: bool = False,
 ) -> TrainingJob:
     """Compose and check the run's config and build its job; raises before anything is submitted."""
     from omegaconf import OmegaConf
@@ -124,6 +147,7 @@ def plan_job(
     overrides = list(overrides)
     notes: list[str] = []
     cfg = compose(config_name, overrides)
+    validate_training_config(cfg, check_paths=check_paths)
 
     loggers = OmegaConf.select(cfg, "trainer.logger", default=[]) or []
     loggers = [loggers] if isinstance(loggers, str) else list(loggers)

@@ -174,6 +174,7 @@ def run_ray_sweep(
     wandb_dir: str | os.PathLike | None = None,
     resume: bool = False,
     out: TextIO | None = None,
+    check_paths: bool = False,
 ) -> dict[str, Any]:
     """Plan every point, check them all (configs, W&B, cluster), then submit one Ray job per point."""
     from reweight.launch.cluster import check_cluster_fits, cluster_nodes, dashboard_url
@@ -202,6 +203,7 @@ def run_ray_sweep(
                     wandb_dir=wandb_dir,
                     ship_package=ship_package,
                     extra_metadata={"reweight.sweep": name, "reweight.point": str(p.index)},
+                    check_paths=check_paths,
                 )
             )
         except Exception as e:
@@ -263,6 +265,7 @@ def run_slurm_sweep(
     resume: bool = False,
     dry_run: bool = False,
     out: TextIO | None = None,
+    check_paths: bool = False,
 ) -> dict[str, Any]:
     """One SLURM job (its own Ray cluster) per point; a dry run writes and prints the scripts only."""
     from dataclasses import replace
@@ -282,7 +285,7 @@ def run_slurm_sweep(
     for p in points:  # every check, for every point, before the first sbatch
         try:
             training = slurm_training_overrides(spec.nodes, spec.gpus_per_node, p.overrides, rollout_name)
-            jobs.append(plan_job(training, config_name=config_name, environ=environ, group=name, tags=p.tags))
+            jobs.append(plan_job(training, config_name=config_name, environ=environ, group=name, tags=p.tags, check_paths=check_paths))
         except Exception as e:
             raise SweepError(f"sweep point {p.index} ({' '.join(p.overrides)}): {e}") from e
     if manifest is None and not dry_run:
@@ -305,7 +308,7 @@ def run_slurm_sweep(
         launch = launch_slurm(
             point_spec, p.overrides, config_name=config_name, rollout_name=rollout_name,
             script_path=path.parent / f"point-{p.index:02d}.sbatch", environ=environ, group=name, tags=p.tags,
-            wandb_dir=wandb_dir, ship_package=ship_package, dry_run=dry_run,
+            wandb_dir=wandb_dir, ship_package=ship_package, dry_run=dry_run, check_paths=check_paths,
         )
         launches.append(launch)
         if out is not None:
