@@ -25,10 +25,13 @@ its first component is not an existing local directory), otherwise it is refused
 
 from __future__ import annotations
 
+import netrc
 import os
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -205,6 +208,74 @@ def check_config(cfg: DictConfig) -> None:
     check_policy_loss(cfg)
     check_reward_scorer(cfg)
     check_model_config_agreement(cfg)
+
+
+# ------------------------------------------------------------------------------------------ W&B
+
+# wandb modes that need no account.
+NO_ACCOUNT_MODES = ("offline", "disabled", "dryrun")
+DEFAULT_BASE_URL = "https://api.wandb.ai"
+
+
+class WandbCredentialsError(ValueError):
+    """W&B logging requested without credentials and not in an offline/disabled mode."""
+
+
+def uses_wandb(loggers: Sequence[str] | str | None) -> bool:
+    """Whether a ``trainer.logger`` value makes verl call ``wandb.init`` (``tracking`` is its old alias)."""
+    if loggers is None:
+        return False
+    if isinstance(loggers, str):
+        loggers = [loggers]
+    return any(name in ("wandb", "tracking") for name in loggers)
+
+
+def wandb_mode(environ: Mapping[str, str]) -> str:
+    """The wandb mode the environment selects (``online`` unless WANDB_MODE / WANDB_DISABLED say otherwise)."""
+    if environ.get("WANDB_DISABLED", "").strip().lower() in ("1", "true", "yes"):
+        return "disabled"
+    return environ.get("WANDB_MODE", "").strip().lower() or "online"
+
+
+def _netrc_has_host(environ: Mapping[str, str]) -> Path | None:
+    host = urlparse(environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL).hostname
+    home = environ.get("HOME") or os.path.expanduser("~")
+    path = Path(environ.get("NETRC") or Path(home) / ".netrc")
+    if not path.is_file() or host is None:
+        return None
+    try:
+        return path if netrc.netrc(str(path)).authenticators(host) else None
+    except (netrc.NetrcParseError, OSError):
+        return None
+
+
+def check_wandb_credentials(loggers: Sequence[str] | str | None, environ: Mapping[str, str]) -> str | None:
+    """Raise :class:`WandbCredentialsError` if wandb would need an account it does not have.
+
+    Returns a note to print when the credentials come from a ``~/.netrc`` entry (every node that runs
+    the trainer needs the same file), else None.
+    """
+    if not uses_wandb(loggers):
+        return None
+    mode = wandb_mode(environ)
+    if mode in NO_ACCOUNT_MODES:
+        return None
+    if environ.get("WANDB_API_KEY"):
+        return None
+    found = _netrc_has_host(environ)
+    if found is not None:
+        return (
+            f"W&B credentials come from {found}, not from WANDB_API_KEY: the node that runs the trainer "
+            f"needs the same entry (a shared home directory), or export WANDB_API_KEY before submitting."
+        )
+    raise WandbCredentialsError(
+        f"trainer.logger={list(loggers) if not isinstance(loggers, str) else loggers} includes wandb, "
+        f"WANDB_MODE is {environ.get('WANDB_MODE') or 'unset'} (online), and no W&B credentials were found "
+        f"(no WANDB_API_KEY in the environment, no entry for "
+        f"{urlparse(environ.get('WANDB_BASE_URL') or DEFAULT_BASE_URL).hostname} in ~/.netrc). "
+        f"Export WANDB_API_KEY (or run `wandb login`), or set WANDB_MODE=offline (runs are written "
+        f"locally, `wandb sync` later) or WANDB_MODE=disabled, or drop wandb from trainer.logger."
+    )
 
 
 # ------------------------------------------------------------------------------------------ paths

@@ -77,6 +77,22 @@ def targets_cpu(cfg: DictConfig) -> bool:
     )
 
 
+class _environment_kept:  # noqa: N801 - a context manager used like a function
+    """Restore ``os.environ`` on exit (a later dry run of a GPU config must not see our CPU settings)."""
+
+    def __enter__(self):
+        import os
+
+        self.saved = dict(os.environ)
+
+    def __exit__(self, *exc):
+        import os
+
+        os.environ.clear()
+        os.environ.update(self.saved)
+        return False
+
+
 def check(cfg: DictConfig, local_paths: bool = True) -> None:
     """The cheap checks, before anything is built or started: ours, the V1 trainer, and (``local_paths``)
     the run's files on this machine (:func:`reweight.checks.check_paths`). Raises ``ValueError``s."""
@@ -105,21 +121,22 @@ def prepare(cfg: DictConfig, dry_run: bool = False, *, build_embedded: bool = Tr
     if not dry_run:  # W&B without an account would fail only after Ray, the models and the first step
         import os
 
-        from reweight.launch.wandb_env import check_wandb_credentials
+        from reweight.checks import check_wandb_credentials
 
         note = check_wandb_credentials(cfg.trainer.get("logger"), os.environ)
         if note:
             print(f"[reweight-train] {note}")
     require_plugin_in_workers(cfg)
-    # HOOK: driver-side preparation that must happen before verl validates the config and Ray starts
-    # (e.g. building the embedded default's data and model, CPU-backend checks) goes here.
     from reweight.cpu.resources import prepare_driver as prepare_cpu_backend
     from reweight.embedded import prepare as prepare_embedded
 
     if build_embedded:
         prepare_embedded(cfg)  # builds/caches the embedded:// model and data on first use
-    if not dry_run or targets_cpu(cfg):
+    if not dry_run:
         prepare_cpu_backend(cfg)  # CPU platform only: refuses what cannot run, sizes Ray / TransferQueue
+    elif targets_cpu(cfg):
+        with _environment_kept():  # it exports VERL_PLATFORM=cpu for the run; a dry run leaves no trace
+            prepare_cpu_backend(cfg)
     auto_set_device(cfg)
     validate_config(config=cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
 
@@ -316,25 +333,23 @@ def _prepare_run(cfg: DictConfig, dry_run: bool) -> str | None:
 
 
 def evaluation_command(cfg: DictConfig) -> str | None:
-    """The ``reweight-eval sample`` command for the run's latest checkpoint on its validation data (None without one),
-    generating up to the training response length (``data.max_response_length``).
+    """The ``reweight-eval sample`` command for the run's latest checkpoint on its validation data (None
+    without a checkpoint or validation file): 8 samples per problem, up to ``data.max_response_length`` tokens.
 
-    ``--model`` is the experiment directory (``trainer.default_local_dir``): the evaluation tools read verl
-    checkpoints directly (:mod:`reweight.models` exports the latest step to an HF model once).
+    ``--model`` is the ``global_step_N`` directory itself: the evaluation tools read verl checkpoints
+    directly (:mod:`reweight.models` exports the step to an HF model once).
     """
     import shlex
-    from pathlib import Path
 
-    ckpt = OmegaConf.select(cfg, "trainer.default_local_dir")
+    step = latest_checkpoint(cfg)
     val = OmegaConf.select(cfg, "data.val_files")
     data = val if isinstance(val, str) or val is None else (list(val) or [None])[0]
-    if not ckpt or not data or not (Path(ckpt) / "latest_checkpointed_iteration.txt").is_file():
+    if step is None or not data:
         return None
-    ckpt = str(Path(ckpt).resolve())
-    out = str(Path(ckpt) / "eval" / "val.jsonl")
-    command = f"reweight-eval sample --model {shlex.quote(ckpt)} --data {shlex.quote(str(data))} --out {shlex.quote(out)}"
+    out = step.parent / "eval" / f"{step.name}.jsonl"
+    command = ["reweight-eval", "sample", "--model", str(step), "--data", str(data), "--out", str(out), "--n", "8"]
     length = OmegaConf.select(cfg, "data.max_response_length")
-    return command + (f" --max-new-tokens {int(length)}" if length else "")
+    return shlex.join(command + (["--max-new-tokens", str(int(length))] if length else []))
 
 
 def run(cfg: DictConfig, dry_run: bool = False) -> None:

@@ -85,7 +85,7 @@ def test_summary_from_verls_file_logger(tmp_path):
     assert f"{key} 0.170 (step 0) -> 0.290 (step 2)" in text
     assert f"checkpoint:  {run / 'global_step_2'}" in text
     assert (f"reweight-eval sample --model {run / 'global_step_2'} --data {tmp_path / 'val.parquet'} "
-            f"--out {run / 'eval.jsonl'} --n 8") in text
+            f"--out {run / 'eval' / 'global_step_2.jsonl'} --n 8") in text
 
 
 def test_release_dataloader_workers_stops_the_workers_verl_keeps():

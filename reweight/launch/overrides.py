@@ -45,11 +45,6 @@ def parse_overrides(overrides: Sequence[str]) -> list[Any]:
     return parsed
 
 
-def is_sweep(overrides: Sequence[str]) -> bool:
-    """Whether any override is a sweep (``a=1,2``, ``range``, ``choice``, ...)."""
-    return any(o.is_sweep_override() for o in parse_overrides(overrides))
-
-
 def explicit_value(overrides: Sequence[str], key: str) -> str | None:
     """The value string the overrides assign to ``key`` (last one wins; ``+``/``++`` ignored), or None.
 
