@@ -83,7 +83,7 @@ AUTHORS_SYSTEMS = {"qwen25_math_7b": dict(sp=4, tp=4, tokens=2048 + 1024 * 8),
 def test_paper_presets_use_the_authors_systems_settings(name):
     want = AUTHORS_SYSTEMS[name.rsplit("_", 1)[0]]
     cfg = compose_config(name)
-    prepare(cfg, dry_run=True)  # reweight-train --dry-run: our checks and verl's validate_config
+    prepare(cfg, dry_run=True, local_paths=False)  # reweight-train --dry-run (data lives on the cluster): our checks and verl's validate_config
     actor = omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)  # as verl's workers build them
     rollout = omega_conf_to_dataclass(cfg.actor_rollout_ref.rollout)
     assert actor.fsdp_config.ulysses_sequence_parallel_size == want["sp"]

@@ -110,8 +110,10 @@ def test_hf_rollout_samples_by_the_configured_seed(tiny_model_dir):
 
 
 def _dry_run(config_name: str | None, overrides: list[str]) -> None:
+    """``reweight-train --dry-run`` of an example, without the local file checks: the examples' data and
+    models are made by ``reweight-prepare-data`` / the hub on the machine that trains, not here."""
     cfg = compose_config(config_name or "embedded", overrides)
-    prepare(cfg, dry_run=True)
+    prepare(cfg, dry_run=True, local_paths=False)
 
 
 def _sh_example(script: Path) -> tuple[str, list[str]]:
