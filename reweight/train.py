@@ -329,7 +329,47 @@ def _prepare_run(cfg: DictConfig, dry_run: bool) -> str | None:
         print(OmegaConf.to_yaml(cfg, resolve=True))
         print(f"[{PROG}] dry run: config checked and validated; not starting Ray ({DRY_RUN_FLAG}).")
         return None
+    use_wandb_run_id(cfg)
     return use_metrics_file(cfg, time.strftime("%Y%m%d-%H%M%S"))
+
+
+WANDB_ID_FILE = "wandb_run_id.txt"
+
+
+def use_wandb_run_id(cfg: DictConfig) -> str | None:
+    """Keep one W&B run across resumes: the run id lives beside the checkpoints and reaches ``wandb.init``.
+
+    verl calls ``wandb.init`` without an id, so a run resumed from its checkpoint would start a second
+    W&B run and the curves would break in two (verl issue #2783). With ``wandb`` in ``trainer.logger``
+    the id is read from ``<default_local_dir>/wandb_run_id.txt`` (written on the first launch, atomically)
+    and passed as ``WANDB_RUN_ID`` with ``WANDB_RESUME=allow`` in the job's environment; wandb then
+    appends to the same run. ``trainer.resume_mode=disable`` (start afresh) draws a new id. A
+    ``WANDB_RUN_ID`` the user set (environment or runtime_env) wins. Returns the id, or None without W&B.
+    """
+    import os
+    import secrets
+
+    from omegaconf import open_dict
+
+    from reweight.checks import uses_wandb
+    from reweight.io import write_text_atomic
+
+    if not uses_wandb(cfg.trainer.get("logger")):
+        return None
+    given = OmegaConf.select(cfg, f"{RUNTIME_ENV_VARS}.WANDB_RUN_ID", default=None) or os.environ.get("WANDB_RUN_ID")
+    path = os.path.join(os.path.abspath(os.path.expanduser(str(cfg.trainer.default_local_dir))), WANDB_ID_FILE)
+    run_id = str(given) if given else None
+    if run_id is None and cfg.trainer.resume_mode != "disable" and os.path.isfile(path):
+        run_id = open(path).read().strip() or None
+    if run_id is None:
+        run_id = secrets.token_hex(4)  # 8 lowercase hex characters, a valid W&B run id
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write_text_atomic(path, run_id + "\n")
+    with open_dict(cfg):
+        cfg.ray_kwargs.ray_init.runtime_env.setdefault("env_vars", {})
+        cfg.ray_kwargs.ray_init.runtime_env.env_vars["WANDB_RUN_ID"] = run_id
+        cfg.ray_kwargs.ray_init.runtime_env.env_vars.setdefault("WANDB_RESUME", "allow")
+    return run_id
 
 
 def evaluation_command(cfg: DictConfig) -> str | None:

@@ -147,3 +147,31 @@ def test_output_to_sends_file_descriptors_to_the_log(tmp_path, capfd):
     assert log.read_text().splitlines() == ["to the log", "child to the log", "stderr to the log"]
     out = capfd.readouterr().out
     assert "to the console" in out and "after" in out and "to the log" not in out.replace("to the console", "")
+
+
+def test_a_resumed_run_keeps_its_wandb_run_id(tmp_path, monkeypatch):
+    """The id travels to wandb.init through the job's environment; a resume reuses it, a fresh start does not."""
+    from omegaconf import OmegaConf
+
+    from reweight.train import WANDB_ID_FILE, use_wandb_run_id
+
+    monkeypatch.delenv("WANDB_RUN_ID", raising=False)
+
+    def cfg(loggers, resume_mode="auto"):
+        return OmegaConf.create({
+            "trainer": {"logger": loggers, "default_local_dir": str(tmp_path / "run"), "resume_mode": resume_mode},
+            "ray_kwargs": {"ray_init": {"runtime_env": {}}},
+        })
+
+    assert use_wandb_run_id(cfg(["console", "file"])) is None and not (tmp_path / "run").exists()
+    first = cfg(["console", "wandb"])
+    run_id = use_wandb_run_id(first)
+    assert len(run_id) == 8 and (tmp_path / "run" / WANDB_ID_FILE).read_text().strip() == run_id
+    env = first.ray_kwargs.ray_init.runtime_env.env_vars
+    assert env.WANDB_RUN_ID == run_id and env.WANDB_RESUME == "allow"
+    resumed = cfg(["console", "wandb"])
+    assert use_wandb_run_id(resumed) == run_id  # the same W&B run: the curves continue
+    fresh = use_wandb_run_id(cfg(["wandb"], resume_mode="disable"))
+    assert fresh != run_id and (tmp_path / "run" / WANDB_ID_FILE).read_text().strip() == fresh
+    monkeypatch.setenv("WANDB_RUN_ID", "mine1234")
+    assert use_wandb_run_id(cfg(["wandb"])) == "mine1234"
