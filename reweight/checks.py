@@ -17,7 +17,7 @@ lets through silently or only reports from inside a Ray worker, minutes into a j
   ``resume_from_path`` that must be a verl checkpoint, a writable ``trainer.default_local_dir``;
   and a run whose checkpoint already reached ``total_training_steps`` (:func:`completed_step`).
 
-The model-path rule (:func:`model_path_problem`) is shared by every CLI: an existing local path is
+The model-path rule (:func:`reweight.models.model_path_problem`) is shared by every CLI: an existing local path is
 used; ``embedded://`` assets and remote URIs (``hdfs://``...) are left to their loaders; a path that
 does not exist here is taken for a Hugging Face hub id only if it looks like one (``org/name``, and
 its first component is not an existing local directory), otherwise it is refused without asking the hub.
@@ -280,7 +280,6 @@ def check_wandb_credentials(loggers: Sequence[str] | str | None, environ: Mappin
 
 # ------------------------------------------------------------------------------------------ paths
 
-HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 EMBEDDED_SCHEME = "embedded://"
 DATA_KEYS = ("data.train_files", "data.val_files")
 MODEL_KEY = "actor_rollout_ref.model.path"
@@ -293,27 +292,9 @@ def _is_uri(value: str) -> bool:
     return "://" in value
 
 
-def model_path_problem(path: str) -> str | None:
-    """Why ``path`` cannot be a model, or None: existing local path, URI, or hub id ``org/name``.
-
-    A missing path that looks like a hub id is accepted without contacting the hub (its loader reports
-    a bad id); one whose first component is an existing local directory (``ckpt/model`` next to a
-    ``ckpt/`` folder) is a missing local path.
-    """
-    text = str(path)
-    if not text.strip():
-        return "empty model path"
-    if _is_uri(text):
-        return None
-    local = Path(text).expanduser()
-    if local.exists():
-        return None
-    if HUB_ID.match(text) and not Path(text.split("/", 1)[0]).is_dir():
-        return None
-    return "no such file or directory (and not a Hugging Face hub id of the form org/name)"
-
-
 def check_model_path(path: str, what: str) -> None:
+    from reweight.models import model_path_problem
+
     """Raise :class:`ConfigError` ``<what>=<path>: <why>`` unless ``path`` can be a model (see above)."""
     problem = model_path_problem(path)
     if problem:

@@ -92,12 +92,27 @@ _EXPECTED = (
 )
 
 
-def _looks_local(path: str) -> bool:
-    """True for a path that cannot be a hub id: starts with / . ~, or has a separator beyond ``org/name``."""
-    if path.startswith(("/", ".", "~")):
-        return True
-    parts = re.split(r"[/\\]", path)
-    return len(parts) > 2 or (len(parts) == 2 and not all(parts))
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def model_path_problem(path: str) -> str | None:
+    """Why ``path`` cannot be a model, or None: existing local path, URI, or hub id ``org/name``.
+
+    A missing path that looks like a hub id is accepted without contacting the hub (its loader reports
+    a bad id); one whose first component is an existing local directory (``ckpt/model`` next to a
+    ``ckpt/`` folder) is a missing local path.
+    """
+    text = str(path)
+    if not text.strip():
+        return "empty model path"
+    if "://" in text:  # embedded://, hdfs://, s3://...: resolved by their own loaders
+        return None
+    local = Path(text).expanduser()
+    if local.exists():
+        return None
+    if HUB_ID.match(text) and not Path(text.split("/", 1)[0]).is_dir():
+        return None
+    return "no such file or directory (and not a Hugging Face hub id of the form org/name)"
 
 
 def _is_hf_dir(directory: Path) -> bool:
@@ -162,8 +177,9 @@ def resolve_model_path(path: str | os.PathLike) -> str:
     text = str(path)
     local = Path(os.path.expanduser(text))
     if not local.exists():
-        if _looks_local(text):
-            raise FileNotFoundError(f"model path {text!r} does not exist")
+        problem = model_path_problem(text)
+        if problem:
+            raise FileNotFoundError(f"model path {text!r}: {problem}")
         return text  # a hub id such as Qwen/Qwen2.5-Math-7B
     if not local.is_dir():
         raise ValueError(f"model path {text!r} is a file; {_EXPECTED}")

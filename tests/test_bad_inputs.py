@@ -165,7 +165,7 @@ def test_debug_variable_adds_the_traceback(env, capsys, monkeypatch):
 
 
 def test_hub_ids_and_existing_checkpoint_dirs_are_accepted_without_the_hub(env):
-    from reweight.checks import model_path_problem
+    from reweight.models import model_path_problem
 
     assert model_path_problem("Qwen/Qwen2.5-Math-7B") is None  # a hub id: left to its loader
     assert model_path_problem(str(env / "ckpt_dir")) is None  # any existing directory (e.g. a verl checkpoint)
