@@ -254,7 +254,7 @@ def test_missing_local_paths_and_unknown_dirs_are_refused_without_the_hub(tmp_pa
         with pytest.raises(FileNotFoundError):
             load_model(path, device="cpu")
     assert resolve_model_path("Qwen/Qwen2.5-Math-7B") == "Qwen/Qwen2.5-Math-7B"  # hub ids pass through
-    assert resolve_model_path("gpt2") == "gpt2"
+    assert resolve_model_path("openai-community/gpt2") == "openai-community/gpt2"
 
     (tmp_path / "empty").mkdir()
     (tmp_path / "file.txt").write_text("x")
