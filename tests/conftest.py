@@ -24,6 +24,22 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+# What reweight-train's CPU preparation exports for a real run (reweight.cpu.resources.WORKER_ENV): a test that
+# runs it in process must not make later tests (a dry run of a GPU config) look like the CPU platform.
+_PROCESS_ENV = ("VERL_PLATFORM", "OMP_NUM_THREADS", "TQ_NUM_THREADS", "TOKENIZERS_PARALLELISM")
+
+
+@pytest.fixture(autouse=True)
+def _keep_process_env():
+    saved = {k: os.environ.get(k) for k in _PROCESS_ENV}
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     """A byte-level BPE tokenizer trained locally, with a Qwen-style chat template."""

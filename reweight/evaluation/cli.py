@@ -280,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:  # bad input (EvalInputError is a ValueError): one line, status 2
         for dest in MODEL_FLAGS.get(args.command, ()):  # a missing path is refused here, not by the hub client
-            check_model_path(getattr(args, dest), "--" + dest.replace("_", "-"))
+            if getattr(args, dest) is not None:  # support's models are optional (token entropy only)
+                check_model_path(getattr(args, dest), "--" + dest.replace("_", "-"))
         return COMMANDS[args.command](args)
 
     return run_cli(f"reweight-eval {args.command}", body)
