@@ -41,6 +41,29 @@ def _ks(n: int) -> list[int]:
     return ks + [n]
 
 
+def _figure(*args, **kwargs):
+    """A matplotlib figure on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(*args, **kwargs)
+
+
+def _save(fig, path: Path, legend_size: int = 8) -> None:
+    """Grid and legend on every axis, then the PNG written atomically and the figure closed."""
+    import matplotlib.pyplot as plt
+
+    for ax in fig.axes:
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=legend_size)
+    fig.tight_layout()
+    save_figure_atomic(fig, path, dpi=110)
+    plt.close(fig)
+
+
 def _pct(x: float | None) -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
 
@@ -91,12 +114,7 @@ def accuracy_section(study: "Study") -> dict[str, Any]:
 
 
 def plot_pass_at_k(acc: Mapping[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _figure(figsize=(6, 4))
     curves = {"base": acc["base"], **acc["arms"]}
     for name, entry in curves.items():
         ks = sorted(int(k) for k in entry["pass_at_k"])
@@ -109,11 +127,7 @@ def plot_pass_at_k(acc: Mapping[str, Any], path: Path) -> None:
     ax.set_xlabel("k")
     ax.set_ylabel("pass@k (test split)")
     ax.set_title("pass@k, mean over seeds, 95% bootstrap band")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    save_figure_atomic(fig, path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 # ---------------------------------------------------------------------------------------- training
@@ -158,12 +172,7 @@ def training_section(study: "Study") -> dict[str, Any]:
 
 
 def plot_training(training: Mapping[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = _figure(1, 2, figsize=(11, 4))
     for ax, metric, label in ((axes[0], "val_accuracy", "validation accuracy"), (axes[1], "reward", "training reward (critic/score/mean)")):
         for arm, seeds in training.items():
             steps = sorted({int(s) for v in seeds.values() for s in v[metric]})
@@ -178,12 +187,7 @@ def plot_training(training: Mapping[str, Any], path: Path) -> None:
         ax.set_xlabel("training step")
         ax.set_ylabel(label)
         ax.set_title(f"{label}: mean, band = min..max over seeds", fontsize=9)
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    save_figure_atomic(fig, path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 # ---------------------------------------------------------------------------------------- direction
@@ -258,12 +262,7 @@ def recovery_ratios(rows: Sequence[Mapping[str, Any]], fraction: float = RECOVER
 
 
 def plot_fig1c(rows: Sequence[Mapping[str, Any]], recovery: Mapping[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _figure(figsize=(6, 4))
     for crit in sorted({r["criterion"] for r in rows if r["mode"] == "replace"} - {"none", "all"}):
         pts = sorted((r["replacement_ratio"], r["accuracy"]) for r in rows if r["criterion"] == crit and r["mode"] == "replace")
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=crit)
@@ -275,11 +274,7 @@ def plot_fig1c(rows: Sequence[Mapping[str, Any]], recovery: Mapping[str, Any], p
     ax.set_ylabel("accuracy (test prompts)")
     ax.set_title("Fig. 1(c): selective replacement, base → dapo model", fontsize=9)
     ax.set_xlim(left=0)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    save_figure_atomic(fig, path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def extrapolation_section(study: "Study") -> dict[str, Any]:
@@ -301,12 +296,7 @@ def extrapolation_section(study: "Study") -> dict[str, Any]:
 
 
 def plot_fig4(extra: Mapping[str, Any], path: Path, tau: float) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _figure(figsize=(6, 4))
     for label, entry in extra.items():
         gammas = sorted(float(g) for g in entry["gamma"])
         xs = [0.0] + gammas
@@ -317,11 +307,7 @@ def plot_fig4(extra: Mapping[str, Any], path: Path, tau: float) -> None:
     ax.set_xlabel("γ (γ = 0: plain replacement)")
     ax.set_ylabel("accuracy (test prompts)")
     ax.set_title("Fig. 4: test-time extrapolation π ∝ π_RL·exp(γ Δlog p)", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    save_figure_atomic(fig, path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, legend_size=7)
 
 
 # ---------------------------------------------------------------------------------------- support
