@@ -43,7 +43,7 @@ def responses_file(tmp_path_factory, tiny_tokenizer):
 
 def _args(dirs, responses, out, *extra):
     return [
-        "--base-model", dirs[0], "--rl-model", dirs[1], "--responses", str(responses),
+        "--base", dirs[0], "--rl", dirs[1], "--responses", str(responses),
         "--out", str(out), "--no-progress", "--shard-size", "3", "--device", "cpu", *extra,
     ]  # fmt: skip
 
@@ -200,7 +200,7 @@ def test_generation_from_prompts_by_both_models(tiny_pair_dirs, tmp_path):
     prompts = tmp_path / "prompts.parquet"
     pd.DataFrame({"prompt": [p.prompt for p in make_problems(2, seed=1)]}).to_parquet(prompts)
     out = tmp_path / "gen"
-    args = ["--base-model", tiny_pair_dirs[0], "--rl-model", tiny_pair_dirs[1], "--prompts", str(prompts),
+    args = ["--base", tiny_pair_dirs[0], "--rl", tiny_pair_dirs[1], "--prompts", str(prompts),
             "--chat-template", "--max-new-tokens", "6", "--samples-per-prompt", "2", "--out", str(out),
             "--no-progress", "--device", "cpu", "--temperature", "0.8"]  # fmt: skip
     main(args)

@@ -102,18 +102,18 @@ CASES = [
     ("prepare-data", ["--out-dir", "{tmp}/out", "--repeat", "amc=0"], "--repeat amc='0'"),
     ("prepare-data", ["--out-dir", "{tmp}/out", "--repeat", "amc=x"], "--repeat amc='x'"),
     # reweight-analyze: models refused without the hub
-    ("analyze", ["--base-model", "/nonexistent/base", "--rl-model", "{tmp}/ckpt_dir", "--responses", "{tmp}/responses.jsonl", "--out", "{tmp}/a"],
-     "--base-model='/nonexistent/base'"),
-    ("analyze", ["--base-model", "{tmp}/ckpt_dir", "--rl-model", "./rl_here", "--responses", "{tmp}/responses.jsonl", "--out", "{tmp}/a"],
-     "--rl-model='./rl_here'"),
+    ("analyze", ["--base", "/nonexistent/base", "--rl", "{tmp}/ckpt_dir", "--responses", "{tmp}/responses.jsonl", "--out", "{tmp}/a"],
+     "--base='/nonexistent/base'"),
+    ("analyze", ["--base", "{tmp}/ckpt_dir", "--rl", "./rl_here", "--responses", "{tmp}/responses.jsonl", "--out", "{tmp}/a"],
+     "--rl='./rl_here'"),
     # reweight-decode
     ("decode", ["generate", "--base", "/nonexistent", "--rl", "{tmp}/ckpt_dir", "--prompt", "hi", "--out", "{tmp}/g.jsonl"], "--base='/nonexistent'"),
     ("decode", ["sweep", "--base", "{tmp}/ckpt_dir", "--rl", "ckpt_dir/missing", "--data", "{tmp}/data.parquet", "--out", "{tmp}/s"],
      "--rl='ckpt_dir/missing'"),
     # reweight-eval
     ("eval", ["sample", "--model", "/nonexistent", "--data", "{tmp}/data.parquet", "--out", "{tmp}/e.jsonl"], "--model='/nonexistent'"),
-    ("eval", ["support", "--base-model", "{tmp}/ckpt_dir", "--rl-model", "/no/rl", "--base-results", "{tmp}/r.jsonl",
-              "--rl-results", "{tmp}/r.jsonl", "--out", "{tmp}/s.json"], "--rl-model='/no/rl'"),
+    ("eval", ["support", "--base", "{tmp}/ckpt_dir", "--rl", "/no/rl", "--base-results", "{tmp}/r.jsonl",
+              "--rl-results", "{tmp}/r.jsonl", "--out", "{tmp}/s.json"], "--rl='/no/rl'"),
     ("eval", ["report", "--results", "{tmp}/r.jsonl", "--out-dir", "{tmp}/rep"], "LABEL=PATH"),
     # reweight-launch: every point validated before a script is written or a job submitted
     ("launch", ["slurm", "--nodes", "2", "--gpus-per-node", "8", "--dry-run", "--script", "{tmp}/x.sbatch", "--", f"{ALPHA}=-3"],

@@ -302,7 +302,7 @@ def test_cli_support_with_token_entropy_on_the_tiny_pair(tiny_pair, tiny_pair_di
     write_results(tmp_path / "b.jsonl", {}, b)
     write_results(tmp_path / "r.jsonl", {}, r)
     out = tmp_path / "support.json"
-    args = ["support", "--base-model", base_dir, "--rl-model", rl_dir, "--base-results", str(tmp_path / "b.jsonl"),
+    args = ["support", "--base", base_dir, "--rl", rl_dir, "--base-results", str(tmp_path / "b.jsonl"),
             "--rl-results", str(tmp_path / "r.jsonl"), "--out", str(out), "--device", "cpu", "--no-progress"]
     assert main(args) == 0
     support = json.loads(out.read_text())

@@ -315,8 +315,8 @@ def test_reweight_eval_sample_and_support_on_checkpoints_equal_the_reference_wei
 
     support = ["--base-results", str(tmp_path / "ckpt.jsonl"), "--rl-results", str(tmp_path / "ckpt.jsonl"), "--no-progress",
                "--device", "cpu"]
-    assert main(["support", "--base-model", str(ckpt.step1), "--rl-model", str(ckpt.exp), "--out", str(tmp_path / "c.json"), *support]) == 0
-    assert main(["support", "--base-model", ckpt.ref1, "--rl-model", ckpt.ref2, "--out", str(tmp_path / "r.json"), *support]) == 0
+    assert main(["support", "--base", str(ckpt.step1), "--rl", str(ckpt.exp), "--out", str(tmp_path / "c.json"), *support]) == 0
+    assert main(["support", "--base", ckpt.ref1, "--rl", ckpt.ref2, "--out", str(tmp_path / "r.json"), *support]) == 0
     got, want = (json.loads((tmp_path / name).read_text()) for name in ("c.json", "r.json"))
     assert got["problems"] == want["problems"] and got["aggregate"] == want["aggregate"]
 
@@ -344,7 +344,7 @@ def test_reweight_analyze_on_checkpoints_matches_token_metrics_of_the_reference_
     responses = tmp_path / "responses.jsonl"
     pd.DataFrame(rows).to_json(responses, orient="records", lines=True)
     out = tmp_path / "analysis"
-    assert main(["--base-model", str(ckpt.step1), "--rl-model", str(ckpt.exp), "--responses", str(responses),
+    assert main(["--base", str(ckpt.step1), "--rl", str(ckpt.exp), "--responses", str(responses),
                  "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
     base, rl = (AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32).eval() for p in (ckpt.ref1, ckpt.ref2))
     tokens = pq.read_table(out / "tokens.parquet").to_pandas()

@@ -3,11 +3,11 @@
 Examples::
 
     # score existing responses (columns: prompt, response, source = base|rl)
-    reweight-analyze --base-model Qwen/Qwen2.5-Math-7B --rl-model ./ckpt/dapo-7b \\
+    reweight-analyze --base Qwen/Qwen2.5-Math-7B --rl ./ckpt/dapo-7b \\
         --responses responses.parquet --out analysis/
 
     # sample 4 responses per prompt from each model, then score them all
-    reweight-analyze --base-model ./base --rl-model ./rl --prompts prompts.jsonl --chat-template \\
+    reweight-analyze --base ./base --rl ./rl --prompts prompts.jsonl --chat-template \\
         --generate-with base,rl --samples-per-prompt 4 --max-new-tokens 1024 --out analysis/
 
 Re-running with the same arguments resumes: finished shards are skipped.
@@ -40,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n\n", 1)[1],
     )
-    p.add_argument("--base-model", required=True, help="base model: HF hub id, HF directory or verl checkpoint dir")
-    p.add_argument("--rl-model", required=True, help="RLVR model: HF hub id, HF directory or verl checkpoint dir (same tokenizer)")
+    p.add_argument("--base", dest="base_model", required=True, help="base model: HF hub id, HF directory or verl checkpoint dir")
+    p.add_argument("--rl", dest="rl_model", required=True, help="RLVR model: HF hub id, HF directory or verl checkpoint dir (same tokenizer)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--responses", help="parquet/jsonl with a prompt and a response per row")
     src.add_argument("--prompts", help="parquet/jsonl with prompts; responses are generated (see --generate-with)")
@@ -123,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {}
 
     def body() -> None:  # bad input: one line and status 2, not a traceback
-        check_model_path(args.base_model, "--base-model")  # a missing path is refused here, not by the hub client
-        check_model_path(args.rl_model, "--rl-model")
+        check_model_path(args.base_model, "--base")  # a missing path is refused here, not by the hub client
+        check_model_path(args.rl_model, "--rl")
         result.update(run_analysis(config_from_args(args)))
 
     code = run_cli("reweight-analyze", body)

@@ -4,7 +4,7 @@
                           --temperature 1.0 --top-p 0.7 --max-new-tokens 4096 [--backend vllm]
     reweight-eval score   --responses decode_out.jsonl --out runs/reweighted.jsonl [--data aime24.parquet]
     reweight-eval support --base-results runs/base.jsonl --rl-results runs/rl.jsonl \\
-                          --out runs/support.json [--k 32] [--base-model B --rl-model R | --no-token-entropy]
+                          --out runs/support.json [--k 32] [--base B --rl R | --no-token-entropy]
     reweight-eval report  --results base=runs/base.jsonl --results rl=runs/rl.jsonl \\
                           --results reweighted=runs/reweighted.jsonl [--support runs/support.json] \\
                           --out-dir runs/report
@@ -94,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
         "support",
         help="Invisible Leash support / entropy metrics of a base and an RL model (from results files; models only for token entropy)",
     )
-    u.add_argument("--base-model", default=None, help="base checkpoint (only for token entropy)")
-    u.add_argument("--rl-model", default=None, help="RL checkpoint (only for token entropy)")
+    u.add_argument("--base", dest="base_model", default=None, help="base checkpoint (only for token entropy)")
+    u.add_argument("--rl", dest="rl_model", default=None, help="RL checkpoint (only for token entropy)")
     u.add_argument("--base-results", required=True, help="results file of the base model (reweight-eval sample/score)")
     u.add_argument("--rl-results", required=True, help="results file of the RL model")
     u.add_argument("--out", required=True, help="support JSON; per-problem rows are kept in OUT.rows.jsonl for resuming")
@@ -194,7 +194,7 @@ def cmd_support(args: argparse.Namespace) -> int:
 
     token_entropy = not args.no_token_entropy
     if token_entropy and not (args.base_model and args.rl_model):
-        raise EvalInputError("token entropy needs --base-model and --rl-model; pass --no-token-entropy for the support numbers alone")
+        raise EvalInputError("token entropy needs --base and --rl; pass --no-token-entropy for the support numbers alone")
     if not 0 < args.zeta < 1:
         raise EvalInputError(f"--zeta {args.zeta}: must be in (0, 1)")
     _, base_results = read_results(args.base_results)
@@ -269,7 +269,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 COMMANDS = {"sample": cmd_sample, "score": cmd_score, "support": cmd_support, "report": cmd_report}
 
 
-MODEL_FLAGS = {"sample": ("model",), "support": ("base_model", "rl_model")}
+MODEL_FLAGS = {"sample": {"model": "--model"}, "support": {"base_model": "--base", "rl_model": "--rl"}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -279,9 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:  # bad input (EvalInputError is a ValueError): one line, status 2
-        for dest in MODEL_FLAGS.get(args.command, ()):  # a missing path is refused here, not by the hub client
+        for dest, flag in MODEL_FLAGS.get(args.command, {}).items():  # a missing path is refused here, not by the hub
             if getattr(args, dest) is not None:  # support's models are optional (token entropy only)
-                check_model_path(getattr(args, dest), "--" + dest.replace("_", "-"))
+                check_model_path(getattr(args, dest), flag)
         return COMMANDS[args.command](args)
 
     return run_cli(f"reweight-eval {args.command}", body)

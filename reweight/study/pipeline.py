@@ -329,7 +329,7 @@ class Study:
         out = self.out / "support" / run.arm / f"s{run.seed}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         argv = [
-            "support", "--base-model", self.base_model, "--rl-model", self.model_of(run),
+            "support", "--base", self.base_model, "--rl", self.model_of(run),
             "--base-results", str(self.eval_path(None)), "--rl-results", str(self.eval_path(run)), "--out", str(out),
             "--no-progress",
         ]
@@ -356,7 +356,7 @@ class Study:
         spec = self.spec
         out = self.out / "analysis" / arm
         argv = [
-            "--base-model", self.base_model, "--rl-model", self.model_of(self.first_run(arm)),
+            "--base", self.base_model, "--rl", self.model_of(self.first_run(arm)),
             "--prompts", str(self._prompt_subset(min(spec.analysis_prompts, spec.test_limit or spec.analysis_prompts))), "--generate-with", "base,rl",
             "--samples-per-prompt", str(spec.analysis_samples), "--max-new-tokens", str(self.max_new_tokens),
             "--temperature", str(spec.temperature), "--num-workers", "1", "--out", str(out), "--no-progress",
