@@ -239,3 +239,18 @@ def test_smoke_study_rerun_skips_every_finished_step(smoke_study, e2e_assets):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "11 of 11 steps already done" in proc.stdout
     assert {p: p.stat().st_mtime_ns for p in (out / "eval").rglob("*.jsonl")} == before
+
+
+def test_recovery_ratios_need_a_gap_between_base_and_rl():
+    from reweight.study.report import recovery_ratios
+
+    def row(criterion, tau, acc, ratio, mode="replace"):
+        return dict(criterion=criterion, tau=tau, mode=mode, accuracy=acc, replacement_ratio=ratio)
+
+    rows = [row("none", 0, 0.2, 0.0), row("all", 0, 0.4, 1.0), row("logp_diff", -0.5, 0.3, 0.02),
+            row("logp_diff", 0.0, 0.39, 0.05), row("random", 0.5, 0.25, 0.5), row("random", 0.9, 0.385, 0.9)]
+    rec = recovery_ratios(rows)
+    assert rec["target_accuracy"] == pytest.approx(0.2 + 0.9 * 0.2) and rec["rl_above_base"]
+    assert rec["ratio"] == {"logp_diff": 0.05, "random": 0.9}  # smallest ratio at or above 38%
+    flat = recovery_ratios([row("none", 0, 0.4, 0.0), row("all", 0, 0.35, 1.0), row("kl", 0.1, 0.45, 0.1)])
+    assert not flat["rl_above_base"] and flat["target_accuracy"] is None and flat["ratio"] == {"kl": None}

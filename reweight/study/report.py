@@ -254,10 +254,12 @@ def recovery_ratios(rows: Sequence[Mapping[str, Any]], fraction: float = RECOVER
     if base is None or rl is None:
         return {}
     target = base + fraction * (rl - base)
-    out: dict[str, Any] = {"base_accuracy": base, "rl_accuracy": rl, "target_accuracy": target, "ratio": {}}
+    gap = rl > base  # with no gain of RL over base on these prompts there is nothing to recover
+    out: dict[str, Any] = {"base_accuracy": base, "rl_accuracy": rl, "target_accuracy": target if gap else None,
+                           "rl_above_base": gap, "ratio": {}}
     for crit in sorted({r["criterion"] for r in rows if r["mode"] == "replace"} - {"none", "all"}):
         hits = [r["replacement_ratio"] for r in rows if r["criterion"] == crit and r["mode"] == "replace" and r["accuracy"] >= target]
-        out["ratio"][crit] = min(hits) if hits else None
+        out["ratio"][crit] = min(hits) if hits and gap else None
     return out
 
 
@@ -269,7 +271,8 @@ def plot_fig1c(rows: Sequence[Mapping[str, Any]], recovery: Mapping[str, Any], p
     if recovery:
         ax.axhline(recovery["base_accuracy"], color="gray", linestyle="--", label="base")
         ax.axhline(recovery["rl_accuracy"], color="black", linestyle="--", label="RL (dapo)")
-        ax.axhline(recovery["target_accuracy"], color="black", linestyle=":", label=f"{RECOVERY:.0%} recovery")
+        if recovery["target_accuracy"] is not None:
+            ax.axhline(recovery["target_accuracy"], color="black", linestyle=":", label=f"{RECOVERY:.0%} recovery")
     ax.set_xlabel("replacement ratio (fraction of generated tokens)")
     ax.set_ylabel("accuracy (test prompts)")
     ax.set_title("Fig. 1(c): selective replacement, base → dapo model", fontsize=9)
@@ -380,7 +383,14 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines.append("No analysis output.")
     lines += ["", "## Selective token replacement (Fig. 1c)", ""]
     rec = report["replacement"]
-    if rec:
+    if rec and not rec["rl_above_base"]:
+        lines.append(
+            f"Base → dapo model: base accuracy {_pct(rec['base_accuracy'])}, RL {_pct(rec['rl_accuracy'])} on the sweep's "
+            "prompts and sampling (top-p 0.7): the RL model is not more accurate than the base here, so there is no gap "
+            "for replacement to recover and no recovery ratio is reported."
+        )
+        lines += ["", "![Fig. 1c](fig1c_replacement.png)"]
+    elif rec:
         lines.append(
             f"Base → dapo model: base accuracy {_pct(rec['base_accuracy'])}, RL {_pct(rec['rl_accuracy'])}; replacement ratio "
             f"needed to reach base + {RECOVERY:.0%} of the gap ({_pct(rec['target_accuracy'])}):"
