@@ -254,3 +254,13 @@ def test_recovery_ratios_need_a_gap_between_base_and_rl():
     assert rec["ratio"] == {"logp_diff": 0.05, "random": 0.9}  # smallest ratio at or above 38%
     flat = recovery_ratios([row("none", 0, 0.4, 0.0), row("all", 0, 0.35, 1.0), row("kl", 0.1, 0.45, 0.1)])
     assert not flat["rl_above_base"] and flat["target_accuracy"] is None and flat["ratio"] == {"kl": None}
+
+
+def test_a_relative_out_becomes_absolute_for_the_runs(tmp_path, monkeypatch):
+    """The training process runs in its run directory: every path handed to it must be absolute."""
+    from reweight.study.pipeline import Study
+    from reweight.study.spec import StudySpec
+
+    monkeypatch.chdir(tmp_path)
+    study = Study(StudySpec.smoke(), "outputs/study")
+    assert study.out == tmp_path / "outputs" / "study" and study.out.is_absolute()

@@ -113,7 +113,8 @@ class Study:
     ):
         if launch not in LAUNCHERS:
             raise StudyInputError(f"--launch {launch!r}: choose one of {list(LAUNCHERS)}")
-        self.spec, self.out, self.launch, self.overwrite, self.log = spec, Path(out), launch, overwrite, log
+        # absolute: every run's paths are handed to a training process that runs in its own directory
+        self.spec, self.out, self.launch, self.overwrite, self.log = spec, Path(out).expanduser().resolve(), launch, overwrite, log
         self.launch_options = dict(launch_options or {})
         self.runs: list[Run] = []
         self.base_model = ""
