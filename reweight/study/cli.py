@@ -17,7 +17,6 @@ OUT/report.md (with report.json and the figures).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -94,7 +93,7 @@ def spec_from_args(args: argparse.Namespace) -> StudySpec:
     return spec
 
 
-def run_cli(args: argparse.Namespace) -> int:
+def run_cli_args(args: argparse.Namespace) -> int:
     from reweight.study.pipeline import Study
 
     spec = spec_from_args(args)
@@ -119,19 +118,20 @@ def run_cli(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Bad settings: one line and exit 2 (:mod:`reweight.cli_errors`); a failed step: its log and exit 1."""
+    from reweight.cli_errors import run_cli
     from reweight.study.pipeline import StudyStepError
 
     args = build_parser().parse_args(argv)
-    try:
-        return run_cli(args)
-    except StudyInputError as err:
-        if os.environ.get("REWEIGHT_DEBUG"):
-            raise
-        print(f"reweight-study: error: {err}", file=sys.stderr)
-        return 2
-    except StudyStepError as err:
-        print(f"reweight-study: {err}\nrerun the same command to resume.", file=sys.stderr)
-        return 1
+
+    def body() -> int:
+        try:
+            return run_cli_args(args)
+        except StudyStepError as err:  # not bad input: the message names the step and its log
+            print(f"reweight-study: {err}\nrerun the same command to resume.", file=sys.stderr)
+            return 1
+
+    return run_cli("reweight-study", body)
 
 
 if __name__ == "__main__":
