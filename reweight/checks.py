@@ -283,7 +283,6 @@ def check_wandb_credentials(loggers: Sequence[str] | str | None, environ: Mappin
 EMBEDDED_SCHEME = "embedded://"
 DATA_KEYS = ("data.train_files", "data.val_files")
 MODEL_KEY = "actor_rollout_ref.model.path"
-CHECKPOINT_TRACKER = "latest_checkpointed_iteration.txt"  # verl's get_checkpoint_tracker_filename
 STEP_DIR = re.compile(r"global_step_(\d+)$")
 
 
@@ -390,10 +389,11 @@ def completed_step(cfg: DictConfig) -> int | None:
         match = STEP_DIR.search(_absolute(str(cfg.trainer.resume_from_path)).name)
         step = int(match.group(1)) if match else None
     else:
+        from reweight.models import tracked_step
+
         root = _absolute(str(cfg.trainer.default_local_dir))
-        try:
-            step = int((root / CHECKPOINT_TRACKER).read_text().strip())
-        except (OSError, ValueError):
+        step = tracked_step(root)
+        if step is None:
             return None
         if not (root / f"global_step_{step}").is_dir():
             return None  # verl then trains from scratch

@@ -129,6 +129,16 @@ def _is_actor_dir(directory: Path) -> bool:
     return (directory / "fsdp_config.json").is_file()
 
 
+def tracked_step(experiment: str | os.PathLike) -> int | None:
+    """The step verl's tracker file in an experiment directory names (``latest_checkpointed_iteration.txt``);
+    None when there is no such file or it holds no step number."""
+    try:
+        text = (Path(experiment) / TRACKER_FILE).read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
 def latest_step_dir(experiment: Path) -> Path:
     """The latest ``global_step_N`` of an experiment directory: verl's tracker file first, else the highest
     ``N`` whose ``actor/`` is complete. ``ValueError`` / ``FileNotFoundError`` naming the directory otherwise."""

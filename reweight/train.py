@@ -273,15 +273,12 @@ def latest_checkpoint(cfg: DictConfig):
     """``<default_local_dir>/global_step_N`` of verl's tracker file, or None."""
     from pathlib import Path
 
-    from reweight.checks import CHECKPOINT_TRACKER
+    from reweight.models import tracked_step
 
     root = Path(str(cfg.trainer.default_local_dir)).expanduser().absolute()
-    try:
-        step = int((root / CHECKPOINT_TRACKER).read_text().strip())
-    except (OSError, ValueError):
-        return None
+    step = tracked_step(root)
     path = root / f"global_step_{step}"
-    return path if path.is_dir() else None
+    return path if step is not None and path.is_dir() else None
 
 
 def summary(cfg: DictConfig, metrics_path, wall_s: float) -> str:

@@ -91,11 +91,9 @@ def _hms(seconds: float) -> str:
 
 def latest_step(checkpoints: Path) -> int:
     """The step of the newest verl checkpoint under ``checkpoints`` (0 if none), as verl's tracker file says."""
-    tracker = checkpoints / "latest_checkpointed_iteration.txt"
-    try:
-        return int(tracker.read_text().strip())
-    except (OSError, ValueError):
-        return 0
+    from reweight.models import tracked_step
+
+    return tracked_step(checkpoints) or 0
 
 
 class Study:

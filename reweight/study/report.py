@@ -134,36 +134,30 @@ def plot_pass_at_k(acc: Mapping[str, Any], path: Path) -> None:
 
 
 def read_metrics(run_root: Path) -> dict[int, dict[str, Any]]:
-    """verl's file-logger records of a run (earlier attempts first, so the last attempt wins per step)."""
-    files = sorted(run_root.glob("metrics.part*.jsonl")) + [run_root / "metrics.jsonl"]
+    """verl's file-logger records of a run by step (earlier attempts first, so the last attempt wins per step)."""
+    from reweight.train import read_metrics as read_file
+
     steps: dict[int, dict[str, Any]] = {}
-    for path in files:
-        if not path.exists():
-            continue
-        for line in path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue  # a torn last line of a killed run
+    for path in [*sorted(run_root.glob("metrics.part*.jsonl")), run_root / "metrics.jsonl"]:
+        for rec in read_file(path):
             steps.setdefault(int(rec["step"]), {}).update(rec["data"])
     return steps
 
 
-def _val_accuracy_key(records: Mapping[int, Mapping[str, Any]]) -> str | None:
-    keys = sorted({k for r in records.values() for k in r if k.startswith("val-core/") and "/acc/mean" in k})
-    return keys[0] if keys else None
-
-
 def training_section(study: "Study") -> dict[str, Any]:
     """Validation accuracy and training reward per step, per run and per arm (mean, min, max over seeds)."""
+    from reweight.train import validation_curve
+
     out: dict[str, Any] = {}
     for arm in study.spec.arms:
         per_seed = {}
         for r in (r for r in study.runs if r.arm == arm):
             records = read_metrics(r.root)
-            val_key = _val_accuracy_key(records)
+            # reweight-train's own rule for the validation metric (val-core/<source>/acc/mean@N)
+            curves = validation_curve([{"step": s, "data": m} for s, m in sorted(records.items())])
+            val_key = sorted(curves)[0] if curves else None
             per_seed[str(r.seed)] = {
-                "val_accuracy": {s: m[val_key] for s, m in sorted(records.items()) if val_key and val_key in m},
+                "val_accuracy": dict(curves.get(val_key, [])),
                 "reward": {s: m["critic/score/mean"] for s, m in sorted(records.items()) if "critic/score/mean" in m},
                 "val_key": val_key,
             }
