@@ -333,3 +333,18 @@ def test_cpu_defaults_size_ray_and_transfer_queue_for_the_machine():
     cfg = _embedded_cfg("ray_kwargs.ray_init.num_cpus=64")
     apply_cpu_defaults(cfg)
     assert cfg.ray_kwargs.ray_init.num_cpus == 64
+
+
+def test_replay_buffer_polls_fast_on_cpu_unless_an_interval_was_chosen(monkeypatch):
+    from omegaconf import OmegaConf
+    from verl.trainer.ppo.v1 import replay_buffer
+
+    from reweight.cpu import patches
+
+    patches.apply_now("replay_buffer_poll")
+    kw = dict(trainer_mode="sync", trainer_config=OmegaConf.create({}), max_off_policy_threshold=None,
+              max_off_policy_strategy="drop", sampler_kwargs=OmegaConf.create({}))
+    assert replay_buffer.ReplayBuffer(**kw).poll_interval == patches.CPU_POLL_INTERVAL_S
+    assert replay_buffer.ReplayBuffer(**kw, poll_interval=0.5).poll_interval == 0.5  # chosen: kept
+    monkeypatch.setattr(patches, "_is_cpu", lambda: False)
+    assert replay_buffer.ReplayBuffer(**kw).poll_interval == 2.0  # verl's own default elsewhere

@@ -14,6 +14,7 @@ exist; :func:`install` refuses outright on a verl other than :data:`VERL_VERSION
 | ``fsdp2_engines_on_cpu`` | ``verl.workers.engine.fsdp.transformer_impl`` | register verl's FSDP2 engines (LM head, value head) for device ``cpu`` (FSDP1 is not: it needs GPU tensors for ``sync_module_states``) |
 | ``hf_rollout_replica`` | ``verl.workers.rollout.replica`` | register rollout ``hf`` (:class:`reweight.cpu.rollout.HFReplica`) in ``RolloutReplicaRegistry`` |
 | ``hf_rollout_adapter`` | ``verl.workers.rollout.base`` | add ``("hf", "async")`` to the private ``_ROLLOUT_REGISTRY`` (the in-worker server adapter) |
+| ``replay_buffer_poll`` | ``verl.trainer.ppo.v1.replay_buffer`` | on CPU, the V1 replay buffer polls for finished rollouts every :data:`CPU_POLL_INTERVAL_S` instead of verl's fixed 2 s |
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import importlib
 import importlib.abc
 import importlib.util
+import inspect
 import logging
 import sys
 import threading
@@ -32,6 +34,11 @@ logger = logging.getLogger("reweight.cpu")
 
 VERL_VERSION = "0.9.1"
 ROLLOUT_NAME = "hf"
+# How often the V1 replay buffer looks for finished rollouts on CPU. verl waits a fixed 2 s between looks
+# (``ReplayBuffer(poll_interval=2.0)``, not configurable), sized for GPU steps of minutes; an embedded step
+# generates in well under a second, so each step spent its time in those waits (generation measured at
+# 2.0, 4.1 or 6.1 s: whole multiples of the interval). One look costs a TransferQueue metadata read.
+CPU_POLL_INTERVAL_S = 0.05
 
 
 class VerlVersionError(RuntimeError):
@@ -120,6 +127,23 @@ def _apply_hf_adapter(mod: ModuleType) -> None:
     mod._ROLLOUT_REGISTRY[(ROLLOUT_NAME, "async")] = "reweight.cpu.rollout.HFServerAdapter"
 
 
+def _apply_replay_buffer_poll(mod: ModuleType) -> None:
+    cls = mod.ReplayBuffer
+    original = cls.__init__
+    if getattr(original, "__reweight_patched__", False):
+        return
+    default = inspect.signature(original).parameters["poll_interval"].default
+
+    def __init__(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        if self.poll_interval == default and _is_cpu():  # verl's default, not a value someone chose
+            self.poll_interval = CPU_POLL_INTERVAL_S
+
+    __init__.__reweight_patched__ = True
+    __init__.__wrapped__ = original
+    cls.__init__ = __init__
+
+
 PATCHES: tuple[Patch, ...] = (
     Patch(
         "platform",
@@ -155,6 +179,13 @@ PATCHES: tuple[Patch, ...] = (
         ("_ROLLOUT_REGISTRY", "BaseRollout", "get_rollout_class"),
         _apply_hf_adapter,
         "rollout 'hf' server adapter in verl.workers.rollout.base._ROLLOUT_REGISTRY",
+    ),
+    Patch(
+        "replay_buffer_poll",
+        "verl.trainer.ppo.v1.replay_buffer",
+        ("ReplayBuffer", "ReplayBufferAsync"),
+        _apply_replay_buffer_poll,
+        f"the V1 replay buffer polls every {CPU_POLL_INTERVAL_S} s on CPU (verl: 2 s)",
     ),
 )
 
