@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import E2E_TRAIN_OVERRIDES, e2e_asset_overrides
 from test_launch_units import log_offline_runs
 
 ALPHA = "actor_rollout_ref.actor.policy_loss.alpha"
@@ -230,11 +231,15 @@ def test_submit_refuses_wandb_without_credentials_before_contacting_ray(tmp_path
 
 
 @pytest.mark.e2e
-def test_submit_runs_two_training_steps(ray_cluster, tmp_path):
-    """The embedded default, 2 real steps on CPU, submitted to the two-node cluster; W&B offline."""
+def test_submit_runs_two_training_steps(ray_cluster, tmp_path, e2e_assets):
+    """The embedded config, 2 real steps on CPU, submitted to the two-node cluster; W&B offline.
+
+    It trains on the session's end-to-end assets (built once for every e2e test), not the embedded default's
+    own, which a fresh machine would first have to build inside the job."""
     r = ray_cluster.launch(
         "submit", "--address", ray_cluster.address, "--wandb-dir", str(tmp_path), "--group", "e2e", "--wait", "--timeout", "540",
-        "--", "trainer.total_training_steps=2", "trainer.logger=[console,wandb]", "trainer.experiment_name=e2e-2steps",
+        "--", *e2e_asset_overrides(e2e_assets), *E2E_TRAIN_OVERRIDES,
+        "trainer.total_training_steps=2", "trainer.logger=[console,wandb]", "trainer.experiment_name=e2e-2steps",
         timeout=590,
     )
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
