@@ -24,12 +24,10 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import math
 import os
 import random
 import shutil
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -288,27 +286,27 @@ def ensure_built(recipe: Recipe | None = None, log=print) -> Path:
 
 
 def _embedded_keys(cfg) -> list[tuple[str, str]]:
-    """(dotted key, value) of every string in ``cfg`` that starts with ``embedded://``."""
-    from omegaconf import DictConfig, ListConfig
+    """(dotted key, value) of every string in ``cfg`` that starts with ``embedded://``.
+
+    Values are read as written (OmegaConf's public ``to_container(resolve=False)``): an interpolation
+    such as ``${actor_rollout_ref.model.path}`` is not resolved, so it follows its target once that is
+    rewritten, and a missing (``???``) or unresolvable value is never touched.
+    """
+    from omegaconf import OmegaConf
 
     found: list[tuple[str, str]] = []
 
     def walk(node, prefix: str):
-        if isinstance(node, DictConfig):
-            for k in node.keys():
-                try:
-                    v = node._get_node(k)._value() if node._get_node(k) is not None else None
-                except Exception:
-                    v = None
-                child = node.get(k) if not isinstance(v, str) else v
-                walk(child, f"{prefix}{k}.")
-        elif isinstance(node, ListConfig):
-            for i in range(len(node)):
-                walk(node[i], f"{prefix}{i}.")
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{prefix}{i}.")
         elif isinstance(node, str) and node.startswith(SCHEME):
             found.append((prefix[:-1], node))
 
-    walk(cfg, "")
+    walk(OmegaConf.to_container(cfg, resolve=False, throw_on_missing=False), "")
     return found
 
 

@@ -237,3 +237,20 @@ def test_wandb_without_credentials_refused_before_ray(tmp_path):
     text = out.stdout + out.stderr
     assert "WANDB_API_KEY" in text and "WANDB_MODE=offline" in text
     assert "ray init kwargs" not in text
+
+
+def test_embedded_paths_are_found_as_written_without_resolving_the_config():
+    """What reweight.embedded.prepare rewrites: every `embedded://` value, read as written (an interpolation
+    that points at one is left to follow it; a missing `???` value does not raise), lists included."""
+    from reweight.embedded import _embedded_keys
+
+    cfg = compose_config("embedded", ["+extra.copy=${actor_rollout_ref.model.path}", "+extra.unset=???",
+                                      "+extra.files=[plain,embedded://val.parquet]"])
+    assert sorted(_embedded_keys(cfg)) == [
+        ("actor_rollout_ref.model.path", "embedded://model"),
+        ("data.train_files", "embedded://train.parquet"),
+        ("data.val_files", "embedded://val.parquet"),
+        ("extra.files.1", "embedded://val.parquet"),
+    ]
+    assert sorted(_embedded_keys(compose_config("embedded", ["actor_rollout_ref.model.path=/my/model"]))) == [
+        ("data.train_files", "embedded://train.parquet"), ("data.val_files", "embedded://val.parquet")]

@@ -279,6 +279,120 @@ def test_rollout_server_generates_token_outputs_and_takes_weight_updates(tiny_mo
     assert torch.allclose(torch.tensor(after.log_probs), torch.full((len(after.log_probs),), -torch.log(torch.tensor(float(reference.config.vocab_size)))), atol=1e-5)
 
 
+def test_unfinished_callbacks_are_the_running_and_the_waiting_requests(lm):
+    from reweight.cpu.generation import DecodeBatch, SamplingSpec
+
+    tok, model = lm
+    batch = DecodeBatch(model, eos_token_ids=[], pad_token_id=tok.pad_token_id, generator=torch.Generator().manual_seed(0))
+    done = []
+    callbacks = [lambda r, i=i: done.append(i) for i in range(3)]
+    batch.add(tok("Compute 1+2.")["input_ids"], SamplingSpec(max_tokens=3), on_done=callbacks[0])
+    batch.add(tok("x")["input_ids"], SamplingSpec(max_tokens=5), on_done=callbacks[1])
+    batch.step()  # both admitted and decoding
+    batch.add(tok("hello")["input_ids"], SamplingSpec(max_tokens=2), on_done=callbacks[2])  # waiting for the next step
+    assert batch.unfinished_callbacks() == callbacks
+    while batch.step():
+        pass
+    assert batch.unfinished_callbacks() == [] and sorted(done) == [0, 1, 2]
+
+
+def test_map_kv_refuses_a_cache_without_the_layout_it_edits():
+    import transformers
+
+    from reweight.cpu.generation import map_kv
+
+    legacy = ((torch.zeros(1, 1, 2, 4), torch.zeros(1, 1, 2, 4)),)  # the old tuple-of-tuples cache
+    with pytest.raises(RuntimeError, match=f"transformers {transformers.__version__}"):
+        map_kv(lambda kv: kv, legacy)
+
+
+def test_rollout_server_stops_on_every_eos_and_survives_an_engine_failure(tiny_tokenizer, tmp_path, monkeypatch):
+    """Stop ids follow reweight.models' rule (tokenizer ∪ config ∪ generation config); a failed engine step
+    fails the requests in flight and the server keeps serving with a fresh batch."""
+    from reweight.cpu.generation import DecodeBatch
+    from reweight.cpu.rollout import HFRolloutServer
+    from reweight.tiny import build_model, save_tiny
+
+    tok = tiny_tokenizer
+    model = build_model(len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, seed=5)
+    extra = next(i for i in range(len(tok)) if i not in (tok.eos_token_id, tok.pad_token_id))
+    model.generation_config.eos_token_id = [tok.eos_token_id, extra]
+    path = str(save_tiny(tmp_path / "model", model, tok))
+    server = HFRolloutServer({"prompt_length": 16, "response_length": 4, "seed": 1}, {"local_path": path}, num_threads=1)
+    assert server.eos_token_ids == sorted({tok.eos_token_id, extra})
+
+    real_step, calls = DecodeBatch.step, {"n": 0}
+
+    def failing_once(self):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("boom")
+        return real_step(self)
+
+    monkeypatch.setattr(DecodeBatch, "step", failing_once)
+    prompt = tok("Compute 1+1.")["input_ids"]
+
+    async def scenario():
+        with pytest.raises(RuntimeError, match="boom"):
+            await server.generate(prompt, {"temperature": 1.0}, "fails")
+        return await server.generate(prompt, {"temperature": 1.0, "logprobs": True}, "served")
+
+    out = asyncio.run(scenario())
+    assert 1 <= len(out.token_ids) <= 4 and out.extra_fields["finish_reason"] in ("stop", "length")
+
+
+class _FakeServer:
+    """Stands in for the Ray handle of the rollout server: records what ``load_weights.remote`` receives."""
+
+    def __init__(self):
+        self.received = []
+
+        async def remote(state, global_steps=None):
+            self.received.append((state, global_steps))
+
+        self.load_weights = type("Method", (), {"remote": staticmethod(remote)})()
+
+
+def _adapter(has_server: bool):
+    from reweight.cpu.rollout import HFServerAdapter
+
+    adapter = object.__new__(HFServerAdapter)  # no verl config / device mesh needed for update_weights
+    adapter._has_server, adapter.replica_rank, adapter.server_handle = has_server, 0, _FakeServer()
+    return adapter
+
+
+@pytest.mark.parametrize("source", ["generator", "async generator"])
+@pytest.mark.parametrize("has_server", [True, False])
+def test_update_weights_drains_the_weights_on_every_rank_without_autograd(source, has_server):
+    params = {"a.weight": torch.randn(3, 2, requires_grad=True), "b.bias": torch.randn(4, requires_grad=True)}
+    grad_modes = []
+
+    def produce():  # stands in for verl's get_per_tensor_param: the gather runs as the consumer iterates
+        for name, p in params.items():
+            grad_modes.append(torch.is_grad_enabled())
+            yield name, p * 2
+
+    async def produce_async():
+        for item in produce():
+            yield item
+
+    adapter = _adapter(has_server)
+    weights = produce() if source == "generator" else produce_async()
+    asyncio.run(adapter.update_weights(weights, global_steps=3))
+    assert len(grad_modes) == len(params)  # drained on every rank (FSDP2 gathers are collective)
+    if source == "generator":
+        assert grad_modes == [False] * len(params)  # no autograd graph while gathering
+    received = adapter.server_handle.received
+    if not has_server:
+        assert received == []
+        return
+    ((state, steps),) = received
+    assert steps == 3 and list(state) == list(params)
+    for name, p in params.items():
+        assert not state[name].requires_grad and state[name].device.type == "cpu"
+        torch.testing.assert_close(state[name], p.detach() * 2)
+
+
 # ------------------------------------------------------------------------------ driver checks
 
 

@@ -206,3 +206,26 @@ def test_tokenizer_mismatch_and_missing_columns(tiny_pair_dirs, dataset, tmp_pat
     code, _, err = run_cli(["sweep", "--base", base_dir, "--rl", base_dir, "--data", str(no_prompt),
                             "--out", str(tmp_path / "o")], capsys)
     assert code == 2 and "no 'prompt' column" in err and str(no_prompt) in err
+
+
+def test_decode_samples_is_the_per_sequence_decode_whatever_the_chunking(tiny_pair):
+    """The one chunked loop (generate and sweep): sequence (i, j) is prompt i decoded alone with
+    sequence_seed(seed, i, j), in prompt-major order, for any batch size; on_chunk sees every sequence."""
+    from reweight.decoding import DecodeConfig
+    from reweight.decoding.sweep import decode_samples, sample_order, sequence_seed
+
+    tok, base, rl = tiny_pair
+    decoder = TwoModelDecoder(base, rl, tok)
+    prompt_ids = [tok(t)["input_ids"] for t in ("Compute 1+1.", "What is 12 plus 7, exactly?", "x")]
+    config = DecodeConfig(criterion="logp_diff", tau=-0.3, mode="extrapolate", gamma=0.2, max_new_tokens=6)
+    order = sample_order(len(prompt_ids), 2)
+    assert order == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]
+    alone = [decoder.decode([prompt_ids[i]], config, [sequence_seed(7, i, j)])[0] for i, j in order]
+    for batch_size in (1, 4):
+        chunks = []
+        got = decode_samples(decoder, prompt_ids, order, config, 7, batch_size, on_chunk=chunks.append)
+        assert [r.tokens for r in got] == [r.tokens for r in alone]
+        assert [r.replaced_positions for r in got] == [r.replaced_positions for r in alone]
+        assert chunks == ([1] * 6 if batch_size == 1 else [4, 2])
+    with pytest.raises(ValueError, match="batch_size"):
+        decode_samples(decoder, prompt_ids, order, config, 7, 0)

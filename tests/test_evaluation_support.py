@@ -327,5 +327,29 @@ def test_cli_support_with_token_entropy_on_the_tiny_pair(tiny_pair, tiny_pair_di
     def no_loading(*_a, **_k):
         raise AssertionError("a model was loaded on a fully resumed run")
 
+    import reweight.evaluation.support as support_module
+
     monkeypatch.setattr(cli, "load_model", no_loading)
+    monkeypatch.setattr(support_module, "load_model", no_loading)  # where `support` loads its models
     assert main(args) == 0 and json.loads(out.read_text()) == support
+
+
+def test_support_file_refuses_models_without_a_shared_tokenizer_before_loading_them(tiny_pair_dirs, tmp_path, monkeypatch):
+    """Token entropy compares two models on one tokenizer: reweight.models' rule, checked before any weights load."""
+    import reweight.evaluation.support as support_module
+    from reweight.models import TokenizerMismatchError
+    from reweight.tiny import build_tokenizer
+
+    base_dir, _ = tiny_pair_dirs
+    other = tmp_path / "other_tok"
+    build_tokenizer(vocab_size=400).save_pretrained(other)
+    base_path, rl_path = _write_pair(tmp_path)
+
+    def no_loading(*_a, **_k):
+        raise AssertionError("a model was loaded although the tokenizers differ")
+
+    monkeypatch.setattr(support_module, "load_model", no_loading)
+    with pytest.raises(TokenizerMismatchError, match="must share a tokenizer"):
+        support_module.support_file(base_path, rl_path, str(tmp_path / "s.json"), base_model=base_dir,
+                                    rl_model=str(other), progress=False)
+    assert not (tmp_path / "s.json").exists()

@@ -82,6 +82,38 @@ def filter_logits(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor
     return out
 
 
+KVPair = tuple[torch.Tensor, torch.Tensor]  # one layer's (keys, values), each (batch, kv_heads, time, head_dim)
+
+
+def map_kv(fn: Callable[..., KVPair], cache: Any, *others: Any) -> None:
+    """Replace, layer by layer, the keys and values of a transformers ``DynamicCache`` in place.
+
+    ``fn((keys, values), *[(keys, values) of the same layer of each cache in others])`` returns the
+    layer's new ``(keys, values)``, each ``(batch, kv_heads, time, head_dim)``. transformers has no public
+    API to edit a cache's tensors; this is the one place that relies on its layout (``cache.layers[i]``
+    with ``.keys`` / ``.values``, transformers 5.x as pinned in pyproject.toml), and it fails loudly,
+    naming the installed version, when that layout is not there.
+    """
+    caches = (cache, *others)
+    if not all(
+        isinstance(getattr(c, "layers", None), list)
+        and all(isinstance(getattr(layer, "keys", None), torch.Tensor) and isinstance(getattr(layer, "values", None), torch.Tensor)
+                for layer in c.layers)
+        for c in caches
+    ):
+        import transformers
+
+        raise RuntimeError(
+            f"reweight.cpu.generation edits the KV cache through DynamicCache.layers[i].keys/.values, which transformers "
+            f"{transformers.__version__} ({type(cache).__name__}) does not have; install the transformers version "
+            "pyproject.toml pins (5.x)"
+        )
+    if len({len(c.layers) for c in caches}) != 1:
+        raise ValueError(f"caches with different numbers of layers: {[len(c.layers) for c in caches]}")
+    for i, layer in enumerate(cache.layers):
+        layer.keys, layer.values = fn((layer.keys, layer.values), *[(c.layers[i].keys, c.layers[i].values) for c in others])
+
+
 def _left_pad(t: torch.Tensor, width: int, dim: int, value: float = 0) -> torch.Tensor:
     missing = width - t.shape[dim]
     if missing <= 0:
@@ -127,6 +159,10 @@ class DecodeBatch:
 
     def __len__(self) -> int:
         return len(self._rows) + len(self._new)
+
+    def unfinished_callbacks(self) -> list[Callable[[Generated], Any] | None]:
+        """The ``on_done`` of every request not finished yet (decoding, or added and waiting for :meth:`step`)."""
+        return [r.on_done for r in self._rows + self._new]
 
     def add(
         self,
@@ -180,9 +216,11 @@ class DecodeBatch:
             self._next_pos = pos[:, -1:] + 1
         else:
             t = max(self._mask.shape[1], width)
-            for old, new in zip(self._cache.layers, cache.layers):
-                old.keys = torch.cat([_left_pad(old.keys, t, 2), _left_pad(new.keys, t, 2)], dim=0)
-                old.values = torch.cat([_left_pad(old.values, t, 2), _left_pad(new.values, t, 2)], dim=0)
+
+            def stack(old: KVPair, new: KVPair) -> KVPair:  # running rows, then the new ones, left-padded to t
+                return tuple(torch.cat([_left_pad(o, t, 2), _left_pad(n, t, 2)], dim=0) for o, n in zip(old, new))
+
+            map_kv(stack, self._cache, cache)
             self._mask = torch.cat([_left_pad(self._mask, t, 1), _left_pad(mask, t, 1)], dim=0)
             self._logits = torch.cat([self._logits, logits], dim=0)
             self._next_pos = torch.cat([self._next_pos, pos[:, -1:] + 1], dim=0)
@@ -198,8 +236,7 @@ class DecodeBatch:
         first = int(live[0]) if len(live) else self._mask.shape[1]
         if first > 0:
             self._mask = self._mask[:, first:]
-            for layer in self._cache.layers:
-                layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+            map_kv(lambda kv: (kv[0][:, :, first:], kv[1][:, :, first:]), self._cache)
 
     # ------------------------------------------------------------------ one decoding step
     @torch.no_grad()

@@ -134,13 +134,7 @@ class HFRolloutServer:
         self.max_num_seqs = int(_get(config, "max_num_seqs", 1024) or 1024)
         self.full_determinism = bool(_get(config, "full_determinism", False))
         self.seed = int(_get(config, "seed", 42))
-        self.batch = DecodeBatch(
-            self.model,
-            eos_token_ids=self.eos_token_ids,
-            pad_token_id=self.pad_token_id,
-            generator=self.generator,
-            logprobs_mode=self.logprobs_mode,
-        )
+        self.batch = self._new_batch()
         # The engine thread owns self.batch; requests reach it through _inbox, under _cond.
         self._cond = threading.Condition()
         self._inbox: list[tuple[list[int], SamplingSpec, Optional[int], Any]] = []
@@ -150,27 +144,30 @@ class HFRolloutServer:
         self.stats = {"requests": 0, "steps": 0, "weight_updates": 0, "max_batch": 0}
 
     def _eos_ids(self, path: str) -> list[int]:
-        ids: list[int] = []
+        """The stop ids of :func:`reweight.models.eos_token_ids`: the tokenizer's EOS (when ``path`` has a
+        tokenizer) and the model config's and generation config's."""
+        from reweight.models import eos_token_ids
 
-        def add(v):
-            if v is None:
-                return
-            for x in v if isinstance(v, (list, tuple)) else [v]:
-                if int(x) not in ids:
-                    ids.append(int(x))
-
-        add(getattr(self.model.config, "eos_token_id", None))
-        gen = getattr(self.model, "generation_config", None)
-        add(getattr(gen, "eos_token_id", None) if gen is not None else None)
         try:
             from transformers import AutoTokenizer
 
-            add(AutoTokenizer.from_pretrained(path).eos_token_id)
+            tokenizer = AutoTokenizer.from_pretrained(path)
         except Exception:  # a checkpoint without a tokenizer: the config's EOS ids only
-            pass
+            tokenizer = None
+        ids = eos_token_ids(tokenizer, self.model)
         if not ids:
             raise ValueError(f"hf rollout: no eos_token_id in the config, generation config or tokenizer of {path}")
         return ids
+
+    def _new_batch(self) -> DecodeBatch:
+        """An empty decode batch with this server's model, stop ids, padding, RNG and log-prob mode."""
+        return DecodeBatch(
+            self.model,
+            eos_token_ids=self.eos_token_ids,
+            pad_token_id=self.pad_token_id,
+            generator=self.generator,
+            logprobs_mode=self.logprobs_mode,
+        )
 
     # ------------------------------------------------------------------ lifecycle
     async def ready(self) -> dict:
@@ -279,14 +276,8 @@ class HFRolloutServer:
                     self.stats["max_batch"] = max(self.stats["max_batch"], live)
                 except BaseException as e:  # fail every request in flight, keep serving later ones
                     logger.exception("hf rollout engine step failed")
-                    failed = [r.on_done for r in self.batch._rows + self.batch._new] + [w[3] for w in waiting]
-                    self.batch = DecodeBatch(
-                        self.model,
-                        eos_token_ids=self.eos_token_ids,
-                        pad_token_id=self.pad_token_id,
-                        generator=self.generator,
-                        logprobs_mode=self.logprobs_mode,
-                    )
+                    failed = self.batch.unfinished_callbacks() + [w[3] for w in waiting]
+                    self.batch = self._new_batch()
                     waiting = []
                     for cb in failed:
                         if cb is not None:
@@ -436,16 +427,15 @@ class HFServerAdapter(_base_rollout()):
     async def release(self):
         return None
 
-    @torch.no_grad()
     async def update_weights(self, weights, global_steps: Optional[int] = None, wire_format: str = "named_tensors", **kwargs):
         if wire_format != "named_tensors":
             raise NotImplementedError(f"hf rollout: wire_format={wire_format!r} (only 'named_tensors')")
         start = time.time()
-        state: dict[str, torch.Tensor] = {}
         # Every rank must drain the generator: FSDP2's full_tensor() is a collective.
-        async for name, tensor in _iterate(weights):
-            if self._has_server:
-                state[name] = tensor.detach().to("cpu", copy=True)
+        if hasattr(weights, "__aiter__"):
+            state = await _drain_async(weights, keep=self._has_server)
+        else:
+            state = _drain(weights, keep=self._has_server)
         if self._has_server:
             await self._server().load_weights.remote(state, global_steps=global_steps)
             logger.info("hf rollout: %d tensors to replica %d in %.2fs", len(state), self.replica_rank, time.time() - start)
@@ -454,10 +444,27 @@ class HFServerAdapter(_base_rollout()):
         raise NotImplementedError("hf rollout is server-mode only (verl's agent loop)")
 
 
-async def _iterate(weights: Iterable | AsyncIterable):
-    if hasattr(weights, "__aiter__"):
-        async for item in weights:
-            yield item
-    else:
-        for item in weights:
-            yield item
+@torch.no_grad()
+def _drain(weights: Iterable, keep: bool) -> dict[str, torch.Tensor]:
+    """Run the weight generator to its end with autograd off; ``keep``: a CPU copy of each ``(name, tensor)``.
+
+    The generator does the gathering (e.g. verl's ``get_per_tensor_param``: FSDP2 ``full_tensor()``), so
+    ``no_grad`` must hold while it runs: here, a plain function (a ``no_grad`` decorating an ``async def``
+    would end before its body runs).
+    """
+    state: dict[str, torch.Tensor] = {}
+    for name, tensor in weights:
+        if keep:
+            state[name] = tensor.detach().to("cpu", copy=True)
+    return state
+
+
+async def _drain_async(weights: AsyncIterable, keep: bool) -> dict[str, torch.Tensor]:
+    """:func:`_drain` for an async generator. Grad mode is per thread, not per coroutine, so it is not
+    switched off across the awaits (that would leak into whatever else the event loop runs); the copies
+    are detached."""
+    state: dict[str, torch.Tensor] = {}
+    async for name, tensor in weights:
+        if keep:
+            state[name] = tensor.detach().to("cpu", copy=True)
+    return state

@@ -153,8 +153,7 @@ def _check_common(args) -> None:
 
 
 def cmd_generate(args) -> int:
-    from reweight.decoding.sweep import sequence_seed
-    from reweight.io import write_text_atomic
+    from reweight.decoding.sweep import generate
 
     _check_common(args)
     config = DecodeConfig(criterion=args.criterion, tau=args.tau, mode=args.mode, gamma=args.gamma,
@@ -162,31 +161,8 @@ def cmd_generate(args) -> int:
     tokenizer = _load_tokenizers(args.base, args.rl)
     prompts, ids = _load_data(args, tokenizer)
     decoder = _load_decoder(args, tokenizer)
-
-    from tqdm.auto import tqdm
-
-    from reweight.evaluation.scoring import is_correct
-
-    order = [(i, j) for i in range(len(prompts)) for j in range(args.n)]
-    records = []
-    with tqdm(total=len(order), desc="generate", unit="seq", disable=args.no_progress) as bar:
-        for lo in range(0, len(order), args.batch_size):
-            chunk = order[lo: lo + args.batch_size]
-            results = decoder.decode([ids[i] for i, _ in chunk], config, [sequence_seed(args.seed, i, j) for i, j in chunk])
-            for (i, j), r in zip(chunk, results):
-                gt = prompts[i].ground_truth
-                correct = bool(is_correct(r.text, gt, prompts[i].data_source)) if gt else None
-                records.append(dict(prompt_index=i, sample_index=j, ground_truth=gt, correct=correct, **r.to_dict()))
-            bar.update(len(chunk))
-    out = Path(args.out)
-    write_text_atomic(out, "".join(json.dumps(r) + "\n" for r in records))
-    generated = sum(r["n_generated"] for r in records)
-    replaced = sum(r["n_replaced"] for r in records)
-    summary = dict(config=config.to_dict(), sequences=len(records),
-                   replacement_ratio=replaced / generated if generated else 0.0)
-    scored = [r["correct"] for r in records if r["correct"] is not None]
-    if scored:
-        summary["accuracy"] = sum(scored) / len(scored)
+    summary = generate(decoder, prompts, ids, config, args.out, n_samples=args.n, seed=args.seed,
+                       batch_size=args.batch_size, progress=not args.no_progress)
     print(json.dumps(summary))
     return 0
 

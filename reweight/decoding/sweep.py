@@ -7,6 +7,9 @@ compared on common random numbers. Each finished point is written atomically to
 a rerun skips points whose summary exists and was produced with the same settings, and refuses
 an output directory written with different ones. The end products are ``results.csv``,
 ``results.json``, ``fig1c_accuracy_vs_ratio.png`` and ``fig4_extrapolation.png``.
+
+:func:`generate` decodes a single setting to a JSON-lines file (``reweight-decode generate``); it and
+:func:`run_sweep` share one chunked decoding loop, :func:`decode_samples`.
 """
 
 from __future__ import annotations
@@ -117,6 +120,84 @@ def sequence_seed(seed: int, prompt_index: int, sample_index: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
+def sample_order(n_prompts: int, n_samples: int) -> list[tuple[int, int]]:
+    """(prompt index, sample index) of every sequence, prompt-major: the order sequences are decoded and stored."""
+    return [(i, j) for i in range(n_prompts) for j in range(n_samples)]
+
+
+def decode_samples(
+    decoder: TwoModelDecoder,
+    prompt_ids: Sequence[Sequence[int]],
+    order: Sequence[tuple[int, int]],
+    config: DecodeConfig,
+    seed: int,
+    batch_size: int,
+    on_chunk: Callable[[int], Any] | None = None,
+) -> list[SequenceResult]:
+    """Decode the sequences of ``order`` (see :func:`sample_order`) in chunks of ``batch_size``, one per entry.
+
+    Sequence ``(i, j)`` decodes prompt ``prompt_ids[i]`` with seed :func:`sequence_seed` ``(seed, i, j)``, so
+    its tokens do not depend on the chunking; ``on_chunk(n)`` is called after each chunk of ``n`` sequences
+    (a progress bar's ``update``).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    results: list[SequenceResult] = []
+    for lo in range(0, len(order), batch_size):
+        chunk = order[lo: lo + batch_size]
+        results += decoder.decode([prompt_ids[i] for i, _ in chunk], config, [sequence_seed(seed, i, j) for i, j in chunk])
+        if on_chunk is not None:
+            on_chunk(len(chunk))
+    return results
+
+
+def generate(
+    decoder: TwoModelDecoder,
+    prompts: Sequence[EvalPrompt],
+    prompt_ids: Sequence[Sequence[int]],
+    config: DecodeConfig,
+    out: str | Path,
+    *,
+    n_samples: int = 1,
+    seed: int = 0,
+    batch_size: int = 16,
+    score: Scorer | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Decode one setting, ``n_samples`` sequences per prompt, and write one JSON record per sequence to ``out``.
+
+    A record holds ``prompt_index``, ``sample_index``, ``ground_truth``, ``correct`` (None for a prompt
+    without a ground truth) and the :class:`SequenceResult` fields; ``out`` is written atomically. Returns
+    the summary: the config, the number of sequences, the token-weighted ``replacement_ratio`` and, when
+    any sequence was scored, ``accuracy`` over the scored ones. ``score`` as in :func:`run_sweep`.
+    """
+    from tqdm.auto import tqdm
+
+    if score is None:
+        from reweight.evaluation.scoring import is_correct as score
+    if len(prompts) != len(prompt_ids):
+        raise ValueError(f"{len(prompts)} prompts but {len(prompt_ids)} encodings")
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    order = sample_order(len(prompts), n_samples)
+    with tqdm(total=len(order), desc="generate", unit="seq", disable=not progress) as bar:
+        results = decode_samples(decoder, prompt_ids, order, config, seed, batch_size, on_chunk=bar.update)
+    records = []
+    for (i, j), r in zip(order, results):
+        gt = prompts[i].ground_truth
+        correct = bool(score(r.text, gt, prompts[i].data_source)) if gt else None
+        records.append(dict(prompt_index=i, sample_index=j, ground_truth=gt, correct=correct, **r.to_dict()))
+    write_text_atomic(Path(out), "".join(json.dumps(r) + "\n" for r in records))
+    generated = sum(r.n_generated for r in results)
+    replaced = sum(r.n_replaced for r in results)
+    summary: dict[str, Any] = dict(config=config.to_dict(), sequences=len(records),
+                                   replacement_ratio=replaced / generated if generated else 0.0)
+    scored = [r["correct"] for r in records if r["correct"] is not None]
+    if scored:
+        summary["accuracy"] = sum(scored) / len(scored)
+    return summary
+
+
 def dataset_fingerprint(prompts: Sequence[Sequence[int]], ground_truths: Sequence[str]) -> str:
     """A short hash of the encoded prompts and references (detects a changed dataset on resume)."""
     h = hashlib.sha256()
@@ -215,18 +296,13 @@ def run_sweep(
             done[point.key] = stored["summary"]
     todo = [p for p in points if p.key not in done]
 
-    order = [(i, j) for i in range(len(prompts)) for j in range(spec.n_samples)]
-    seeds = [sequence_seed(spec.seed, i, j) for i, j in order]
+    order = sample_order(len(prompts), spec.n_samples)
     bar = tqdm(total=len(todo) * len(order), desc="sweep", unit="seq", disable=not progress)
     for point in todo:
         config = point.config(spec)
         bar.set_postfix_str(point.key)
         start = time.perf_counter()
-        results: list[SequenceResult] = []
-        for lo in range(0, len(order), spec.batch_size):
-            chunk = order[lo: lo + spec.batch_size]
-            results += decoder.decode([prompt_ids[i] for i, _ in chunk], config, seeds[lo: lo + spec.batch_size])
-            bar.update(len(chunk))
+        results = decode_samples(decoder, prompt_ids, order, config, spec.seed, spec.batch_size, on_chunk=bar.update)
         elapsed = time.perf_counter() - start
         correct = [bool(score(r.text, prompts[i].ground_truth, prompts[i].data_source)) for r, (i, _) in zip(results, order)]
         summary = summarize_point(point, results, correct, [i for i, _ in order])
@@ -345,6 +421,7 @@ def plot_fig4(rows: Sequence[dict[str, Any]], spec: SweepSpec, path: str | Path)
 
 
 __all__ = [
-    "BASE_POINT", "DEFAULT_GRIDS", "RL_POINT", "GridPoint", "SweepSpec", "dataset_fingerprint",
-    "plot_fig1c", "plot_fig4", "run_sweep", "sequence_seed", "summarize_point", "write_table",
+    "BASE_POINT", "DEFAULT_GRIDS", "RL_POINT", "GridPoint", "SweepSpec", "dataset_fingerprint", "decode_samples",
+    "generate", "plot_fig1c", "plot_fig4", "run_sweep", "sample_order", "sequence_seed", "summarize_point",
+    "write_table",
 ]

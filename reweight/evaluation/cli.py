@@ -18,20 +18,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 from reweight.evaluation.records import (
     DEFAULT_DATA_SOURCE_KEY,
     DEFAULT_PROMPT_KEY,
-    AppendLog,
     EvalInputError,
     ResultsWriter,
     load_problems,
     read_results,
 )
-from reweight.io import write_text_atomic
-from reweight.models import DTYPE_CHOICES, load_model, load_shared_tokenizer, load_tokenizer, resolve_model_path
+from reweight.models import DTYPE_CHOICES, load_model, load_tokenizer, resolve_model_path
 
 
 def _dataset_args(p: argparse.ArgumentParser, required: bool) -> None:
@@ -186,55 +183,16 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_support(args: argparse.Namespace) -> int:
-    from reweight.evaluation.report import dumps_json
-    from reweight.evaluation.support import (
-        ESTIMATOR, ProblemSupport, aggregate_support, implied_epsilon, match_problems, pair_support, resolve_k,
-        token_entropy_scorer,
-    )
+    from reweight.evaluation.support import support_file
 
-    token_entropy = not args.no_token_entropy
-    if token_entropy and not (args.base_model and args.rl_model):
-        raise EvalInputError("token entropy needs --base and --rl; pass --no-token-entropy for the support numbers alone")
-    if not 0 < args.zeta < 1:
-        raise EvalInputError(f"--zeta {args.zeta}: must be in (0, 1)")
-    _, base_results = read_results(args.base_results)
-    _, rl_results = read_results(args.rl_results)
-    pairs = match_problems(base_results, rl_results)
-    k = resolve_k(pairs, args.k)
-    meta = {
-        "estimator": ESTIMATOR, "base_results": str(args.base_results), "rl_results": str(args.rl_results), "k": k,
-        "token_entropy": token_entropy, "base_model": args.base_model if token_entropy else None,
-        "rl_model": args.rl_model if token_entropy else None, "chat_template": not args.no_chat_template,
-    }
-    rows_path = str(args.out) + ".rows.jsonl"
-    log = AppendLog(rows_path, meta, "support rows file")
-    try:
-        done = {uid: ProblemSupport(**rec) for uid, rec in log.records.items()}
-    except TypeError:
-        raise EvalInputError(
-            f"support rows file {rows_path!r} was written by an older support estimator; remove it or use another --out"
-        ) from None
-    scorer = None
-    if token_entropy and any(b.uid not in done for b, _ in pairs):
-        tokenizer = load_shared_tokenizer(args.base_model, args.rl_model)
-        base_model = load_model(args.base_model, args.device, args.dtype)
-        rl_model = load_model(args.rl_model, args.device, args.dtype)
-        scorer = token_entropy_scorer(base_model, rl_model, tokenizer, args.batch_size, not args.no_chat_template)
-    rows, k = pair_support(
-        base_results, rl_results, k=k, token_entropy=scorer, progress=not args.no_progress,
-        done=done, on_row=lambda row: log.append(asdict(row)),
+    out = support_file(
+        args.base_results, args.rl_results, args.out, k=args.k, zeta=args.zeta, base_model=args.base_model,
+        rl_model=args.rl_model, token_entropy=not args.no_token_entropy, device=args.device, dtype=args.dtype,
+        batch_size=args.batch_size, use_chat_template=not args.no_chat_template, progress=not args.no_progress,
     )
-    out = {
-        "estimator": ESTIMATOR, "k": k, "zeta": args.zeta, "epsilon": implied_epsilon(k, args.zeta),
-        "base": args.base_model or str(args.base_results), "rl": args.rl_model or str(args.rl_results),
-        "base_results": str(args.base_results), "rl_results": str(args.rl_results), "token_entropy": token_entropy,
-        "num_unmatched": len(base_results) + len(rl_results) - 2 * len(rows),
-        "aggregate": aggregate_support(rows), "problems": [asdict(r) for r in rows],
-    }
-    write_text_atomic(args.out, dumps_json(out))
-    agg = out["aggregate"]["average"]
+    agg, k = out["aggregate"]["average"], out["k"]
     print(
-        f"support over {len(rows)} problems (first k={k} samples): P={agg['preservation']} S={agg['shrinkage']} "
+        f"support over {len(out['problems'])} problems (first k={k} samples): P={agg['preservation']} S={agg['shrinkage']} "
         f"E={agg['expansion']} O={agg['neither']} SRR={agg['SRR']:.3f} NDR={agg['NDR']:.3f} NSCR={agg['NSCR']:.3f} -> {args.out}"
     )
     if out["num_unmatched"]:

@@ -55,10 +55,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from reweight.evaluation.records import EvalInputError, ProblemResult
+from reweight.evaluation.records import AppendLog, EvalInputError, ProblemResult, read_results
 from reweight.evaluation.sampling import render_prompt, tokenizer_vocab_limit
 from reweight.evaluation.scoring import get_checker, last_boxed
-from reweight.models import eos_token_ids
+from reweight.models import eos_token_ids, load_model, load_shared_tokenizer
 
 ESTIMATOR = "answer_found_within_k"  # the paper's sampled estimate of empirical support (module doc)
 DEFAULT_ZETA = 0.05
@@ -444,3 +444,75 @@ def aggregate_support(rows: Sequence[ProblemSupport]) -> dict[str, dict[str, flo
             entry[metric] = float(np.nanmean(vals)) if np.any(~np.isnan(vals)) else math.nan
         out[name] = entry
     return out
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+
+def support_file(
+    base_results: str,
+    rl_results: str,
+    out: str,
+    *,
+    k: int | None = None,
+    zeta: float = DEFAULT_ZETA,
+    base_model: str | None = None,
+    rl_model: str | None = None,
+    token_entropy: bool = True,
+    device: str = "auto",
+    dtype: str = "auto",
+    batch_size: int = 8,
+    use_chat_template: bool = True,
+    progress: bool = True,
+) -> dict:
+    """Support metrics of two results files (``reweight-eval sample/score``), written as JSON to ``out``; resumable.
+
+    Per-problem rows are appended to ``OUT.rows.jsonl`` as they are computed (with the settings that
+    made them: a rerun with other settings is refused) and reused by a rerun. Token entropy
+    (``token_entropy``) needs ``base_model`` and ``rl_model``, which must share a tokenizer
+    (:func:`reweight.models.load_shared_tokenizer`); they are loaded only when a row is still missing.
+    Returns what is written: estimator, k, ζ, ε_k (:func:`implied_epsilon`), the inputs, the number of
+    problems in only one file (``num_unmatched``, left out), :func:`aggregate_support` and the rows.
+    Bad settings raise :class:`EvalInputError` before any model is loaded.
+    """
+    from reweight.evaluation.report import dumps_json
+    from reweight.io import write_text_atomic
+
+    if token_entropy and not (base_model and rl_model):
+        raise EvalInputError("token entropy needs --base and --rl; pass --no-token-entropy for the support numbers alone")
+    if not 0 < zeta < 1:
+        raise EvalInputError(f"--zeta {zeta}: must be in (0, 1)")
+    _, base = read_results(base_results)
+    _, rl = read_results(rl_results)
+    pairs = match_problems(base, rl)
+    k = resolve_k(pairs, k)
+    meta = {
+        "estimator": ESTIMATOR, "base_results": str(base_results), "rl_results": str(rl_results), "k": k,
+        "token_entropy": token_entropy, "base_model": base_model if token_entropy else None,
+        "rl_model": rl_model if token_entropy else None, "chat_template": use_chat_template,
+    }
+    rows_path = str(out) + ".rows.jsonl"
+    log = AppendLog(rows_path, meta, "support rows file")
+    try:
+        done = {uid: ProblemSupport(**rec) for uid, rec in log.records.items()}
+    except TypeError:
+        raise EvalInputError(
+            f"support rows file {rows_path!r} was written by an older support estimator; remove it or use another --out"
+        ) from None
+    scorer = None
+    if token_entropy and any(b.uid not in done for b, _ in pairs):
+        tokenizer = load_shared_tokenizer(base_model, rl_model)
+        scorer = token_entropy_scorer(
+            load_model(base_model, device, dtype), load_model(rl_model, device, dtype), tokenizer, batch_size, use_chat_template
+        )
+    rows, k = pair_support(base, rl, k=k, token_entropy=scorer, progress=progress, done=done,
+                           on_row=lambda row: log.append(asdict(row)))
+    result = {
+        "estimator": ESTIMATOR, "k": k, "zeta": zeta, "epsilon": implied_epsilon(k, zeta),
+        "base": base_model or str(base_results), "rl": rl_model or str(rl_results),
+        "base_results": str(base_results), "rl_results": str(rl_results), "token_entropy": token_entropy,
+        "num_unmatched": len(base) + len(rl) - 2 * len(rows),
+        "aggregate": aggregate_support(rows), "problems": [asdict(r) for r in rows],
+    }
+    write_text_atomic(out, dumps_json(result))
+    return result
