@@ -87,6 +87,101 @@ def test_explicit_value():
         explicit_value(["trainer.nnodes=1,2"], "trainer.nnodes")
 
 
+class _FakeBackend:
+    """Stands in for the cluster / SLURM calls of a sweep: records submissions, answers job states."""
+
+    def __init__(self, monkeypatch):
+        from types import SimpleNamespace
+
+        import reweight.launch.cluster as cluster
+        import reweight.launch.slurm as slurm
+        import reweight.launch.submit as submit
+        import reweight.launch.sweep as sweep
+
+        self.submitted: list[tuple[str, list[str]]] = []  # (submission/job id, overrides)
+        self.states: dict[str, str | None] = {}
+        self.planned: list[dict] = []
+
+        def plan_job(overrides, **kw):
+            self.planned.append({"overrides": list(overrides), **kw})
+            return SimpleNamespace(overrides=list(overrides), nnodes=1, gpus_per_node=1, resource="GPU", project_name="proj")
+
+        def submit_job(job, address, submission_id=None):
+            self.submitted.append((submission_id, job.overrides))
+            return submission_id
+
+        def launch_slurm(spec, overrides, **kw):
+            job_id = None if kw["dry_run"] else str(100 + len(self.submitted))
+            self.submitted.append((job_id, list(overrides)))
+            return SimpleNamespace(job_id=job_id, script_path=Path(kw["script_path"]), script="#!/bin/bash\n", command=["sbatch"], spec=spec)
+
+        monkeypatch.setattr(submit, "plan_job", plan_job)
+        monkeypatch.setattr(submit, "submit_job", submit_job)
+        monkeypatch.setattr(submit, "job_status", lambda address, jid: self.states[jid])
+        monkeypatch.setattr(cluster, "cluster_nodes", lambda address: [_node("10.0.0.1", 8, head=True)])
+        monkeypatch.setattr(slurm, "launch_slurm", launch_slurm)
+        monkeypatch.setattr(sweep, "slurm_job_state", lambda jid: self.states[jid])
+
+
+SWEEP = [f"{ALPHA}=0.1,0.2,0.3"]
+NO_WANDB_ENV = {"WANDB_MODE": "offline"}
+
+
+def test_ray_sweep_writes_a_manifest_and_resume_resubmits_only_failed_points(tmp_path, monkeypatch):
+    from reweight.launch.sweep import read_manifest, run_ray_sweep
+
+    fake = _FakeBackend(monkeypatch)
+    first = run_ray_sweep("s", SWEEP, address="10.0.0.1:8265", out_dir=tmp_path, environ=NO_WANDB_ENV)
+    ids = [p["job_id"] for p in first["points"]]
+    assert [sid for sid, _ in fake.submitted] == ids and len(set(ids)) == 3 and all(i.startswith("s-0") for i in ids)
+    assert [o[-1] for _, o in fake.submitted] == [f"trainer.experiment_name=s-0{i}-alpha_0.{i + 1}" for i in range(3)]
+    assert [kw["tags"] for kw in fake.planned][1] == ["sweep:s", "alpha=0.2"] and all(kw["group"] == "s" for kw in fake.planned)
+    on_disk = read_manifest(tmp_path / "s")
+    assert on_disk["backend"] == "ray" and on_disk["address"] == "http://10.0.0.1:8265" and on_disk["overrides"] == SWEEP
+    assert on_disk["wandb"] == {"mode": "offline", "dir": str(tmp_path / "s"), "group": "s", "project": "proj", "entity": "", "base_url": ""}
+    assert [p["job_id"] for p in on_disk["points"]] == ids
+    with pytest.raises(SweepError, match="already has a manifest"):
+        run_ray_sweep("s", SWEEP, address="10.0.0.1:8265", out_dir=tmp_path, environ=NO_WANDB_ENV)
+    with pytest.raises(SweepError, match="different sweep"):
+        run_ray_sweep("s", [f"{ALPHA}=0.1,0.2"], address="10.0.0.1:8265", out_dir=tmp_path, environ=NO_WANDB_ENV, resume=True)
+
+    fake.states = {ids[0]: "SUCCEEDED", ids[1]: "FAILED", ids[2]: "RUNNING"}
+    again = run_ray_sweep("s", SWEEP, address="10.0.0.1:8265", out_dir=tmp_path, environ=NO_WANDB_ENV, resume=True)
+    assert len(fake.submitted) == 4 and fake.submitted[3][1][-1] == "trainer.experiment_name=s-01-alpha_0.2"
+    points = read_manifest(again["path"])["points"]
+    assert [p["job_id"] for p in points] == [ids[0], fake.submitted[3][0], ids[2]]
+    assert points[1]["attempts"] == [{"job_id": ids[1], "status": "FAILED"}] and points[0]["attempts"] == []
+
+
+def test_slurm_sweep_dry_run_writes_scripts_only_and_resume_resubmits_only_failed_jobs(tmp_path, monkeypatch):
+    from reweight.launch.slurm import SlurmSpec
+    from reweight.launch.sweep import manifest_path, read_manifest, run_slurm_sweep
+
+    fake = _FakeBackend(monkeypatch)
+    spec = SlurmSpec(nodes=2, gpus_per_node=4)
+    dry = run_slurm_sweep("t", SWEEP, spec, out_dir=tmp_path, environ=NO_WANDB_ENV, dry_run=True)
+    assert dry["dry_run"] and len(dry["launches"]) == 3 and not manifest_path(tmp_path, "t").exists()
+    assert [launch.script_path.name for launch in dry["launches"]] == ["point-00.sbatch", "point-01.sbatch", "point-02.sbatch"]
+    assert [launch.spec.job_name for launch in dry["launches"]] == ["t-00", "t-01", "t-02"]
+    assert {"trainer.nnodes=2", "trainer.n_gpus_per_node=4"} <= set(fake.planned[0]["overrides"])  # checked as SLURM runs it
+    assert all(kw["group"] == "t" for kw in fake.planned)
+
+    fake.submitted.clear()
+    first = run_slurm_sweep("t", SWEEP, spec, out_dir=tmp_path, environ=NO_WANDB_ENV)
+    ids = [p["job_id"] for p in read_manifest(tmp_path / "t")["points"]]
+    assert ids == ["100", "101", "102"] and first["backend"] == "slurm"
+    assert read_manifest(tmp_path / "t")["wandb"]["dir"] == str(tmp_path / "t")
+    assert read_manifest(tmp_path / "t")["points"][2]["script"] == str(tmp_path / "t" / "point-02.sbatch")
+    with pytest.raises(SweepError, match="already has a manifest"):
+        run_slurm_sweep("t", SWEEP, spec, out_dir=tmp_path, environ=NO_WANDB_ENV)
+
+    fake.states = {"100": "COMPLETED", "101": "CANCELLED by 42", "102": None}  # None: no sacct
+    run_slurm_sweep("t", SWEEP, spec, out_dir=tmp_path, environ=NO_WANDB_ENV, resume=True)
+    points = read_manifest(tmp_path / "t")["points"]
+    assert [p["job_id"] for p in points] == ["100", "103", "102"]
+    assert points[1]["attempts"] == [{"job_id": "101", "status": "CANCELLED by 42"}]
+
+
 # ------------------------------------------------------------------------------------------ cluster
 
 
