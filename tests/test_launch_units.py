@@ -362,3 +362,22 @@ def test_summary_table_joins_manifest_and_offline_runs(offline_runs, tmp_path):
     csv_text = to_csv(columns, rows)
     assert csv_text.splitlines()[2].split(",")[col] == "1.4"
     assert json.loads(path.read_text())["points"][1]["experiment_name"] == "run-b"
+
+
+def test_run_summary_reads_an_api_run_through_the_public_accessor(tmp_path, monkeypatch):
+    """A real wandb.apis.public.Run (built offline from the attributes the API returns): the summary is the
+    JSON the API sent; a changed API is refused, naming the installed wandb."""
+    from types import SimpleNamespace
+
+    import wandb
+    from wandb.apis.public import Run
+
+    from reweight.launch.summary import run_summary
+
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))  # Run makes a scratch folder there
+    sent = {"actor/reweight/weight_mean": 1.2, "_step": 3, "val/acc": {"mean": 0.5}}
+    run = Run(None, "entity", "proj", "run1", attrs={"summaryMetrics": json.dumps(sent), "state": "finished"}, lazy=False)
+    assert run_summary(run) == sent
+    assert run_summary(SimpleNamespace(summary_metrics=sent)) == sent
+    with pytest.raises(TypeError, match=f"wandb {wandb.__version__}: Run.summary_metrics is a list"):
+        run_summary(SimpleNamespace(summary_metrics=[1, 2]))
