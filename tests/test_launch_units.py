@@ -214,6 +214,36 @@ def test_ray_start_commands():
         worker_start_command("http://10.0.0.1:8265")
 
 
+def _auth_mode_after_enable_client_auth(env):
+    """RAY_AUTH_MODE in a fresh process after enable_client_auth() (Ray's switch changes process state)."""
+    code = "import os; from reweight.launch.cluster import enable_client_auth; enable_client_auth(); print(os.environ.get('RAY_AUTH_MODE'))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_client_auth_switches_to_token_mode_exactly_when_a_token_is_available(tmp_path):
+    from reweight.launch.cluster import ray_token_available
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(HOME=str(tmp_path), PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    assert not ray_token_available(env) and _auth_mode_after_enable_client_auth(env) == "None"
+    (tmp_path / "token").write_text("a" * 32)
+    env["RAY_AUTH_TOKEN_PATH"] = str(tmp_path / "token")
+    assert ray_token_available(env) and _auth_mode_after_enable_client_auth(env) == "token"
+
+
+def test_client_auth_refuses_a_ray_without_its_token_switch(monkeypatch):
+    import ray
+
+    from reweight.launch.cluster import RAY_TOKEN_AUTH_SWITCH, enable_client_auth
+
+    monkeypatch.setitem(sys.modules, RAY_TOKEN_AUTH_SWITCH.rpartition(".")[0], None)  # import fails: a Ray without it
+    enable_client_auth({"RAY_AUTH_MODE": "disabled"})  # set explicitly: Ray's switch is not needed
+    with pytest.raises(ClusterError, match=f"ray {ray.__version__} has no .*export RAY_AUTH_MODE"):
+        enable_client_auth({})
+
+
 # ------------------------------------------------------------------------------------------ W&B
 
 
