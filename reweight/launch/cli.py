@@ -314,7 +314,7 @@ def _add_ray_job_args(p: argparse.ArgumentParser) -> None:
     _add_address(p)
     p.add_argument("--validate-only", action="store_true", help="the job runs reweight-train --dry-run (checks only)")
     p.add_argument("--probe-workers", action="store_true", help="the job also checks our loss in a worker on every node")
-    p.add_argument("--wait", action="store_true", help="wait for the job(s), streaming logs; exit 1 unless all succeeded")
+    p.add_argument("--wait", action="store_true", help="wait until the job(s) end (submit streams its logs); exit 1 unless all succeeded")
     p.add_argument("--timeout", type=float, help="seconds to --wait")
 
 
