@@ -182,6 +182,51 @@ def test_slurm_sweep_dry_run_writes_scripts_only_and_resume_resubmits_only_faile
     assert points[1]["attempts"] == [{"job_id": "101", "status": "CANCELLED by 42"}]
 
 
+def test_launch_cli_passes_every_flag_to_the_library(tmp_path, monkeypatch, capsys):
+    """Each shared flag group reaches the library call of every subcommand that takes it, as written."""
+    from types import SimpleNamespace
+
+    import reweight.launch.slurm as slurm
+    import reweight.launch.submit as submit
+    import reweight.launch.sweep as sweep
+    from reweight.launch.cli import main
+
+    calls = {}
+
+    def record(name, result):
+        def f(*args, **kwargs):
+            calls[name] = (args, kwargs)
+            return result
+        return f
+
+    job = SimpleNamespace(notes=[], entrypoint="e", redacted_runtime_env=dict, nnodes=1, gpus_per_node=1, resource="GPU",
+                          project_name="p", experiment_name="x")
+    launch = SimpleNamespace(script="#!\n", script_path=tmp_path / "s", command=["sbatch"], job_id="7")
+    monkeypatch.setattr(submit, "plan_job", record("plan_job", job))
+    monkeypatch.setattr(submit, "check_job_fits", record("fits", None))
+    monkeypatch.setattr(slurm, "launch_slurm", record("launch_slurm", launch))
+    monkeypatch.setattr(sweep, "run_slurm_sweep", record("run_slurm_sweep", {"launches": [launch]}))
+    monkeypatch.setattr(sweep, "run_ray_sweep", record("run_ray_sweep", {"path": "m"}))
+    run = ["--config-name", "c", "--wandb-dir", "/w", "--ship-package", "--check-paths"]
+    expect_run = {"config_name": "c", "wandb_dir": "/w", "ship_package": True, "check_paths": True}
+
+    assert main(["submit", *run, "--group", "g", "--tag", "a", "--tag", "b", "--validate-only", "--dry-run", "--", "x=1"]) == 0
+    assert calls["plan_job"] == ((["x=1"],), {**expect_run, "group": "g", "tags": ["a", "b"], "validate_only": True, "probe_workers": False})
+    assert main(["slurm", "--nodes", "2", "--gpus-per-node", "4", *run, "--tag", "t", "--rollout-name", "hf", "--dry-run", "--", "y=2"]) == 0
+    args, kwargs = calls["launch_slurm"]
+    assert args[1] == ["y=2"] and (args[0].nodes, args[0].gpus_per_node, args[0].job_name) == (2, 4, "reweight")
+    assert kwargs == {**expect_run, "group": None, "tags": ["t"], "rollout_name": "hf", "script_path": None,
+                      "script_dir": "outputs/launch/slurm", "dry_run": True}
+    assert main(["sweep", "--slurm", "--nodes", "2", "--gpus-per-node", "4", "--name", "n", "--out-dir", "/o", *run, "--resume",
+                 "--dry-run", "--", "z=1,2"]) == 0
+    args, kwargs = calls["run_slurm_sweep"]
+    assert args[:2] == ("n", ["z=1,2"]) and args[2].job_name == "n"
+    assert kwargs == {**expect_run, "out_dir": "/o", "resume": True, "out": sys.stdout, "rollout_name": None, "dry_run": True}
+    assert main(["sweep", "--name", "n", "--address", "http://h:1", *run, "--probe-workers", "--", "z=1,2"]) == 0
+    assert calls["run_ray_sweep"] == (("n", ["z=1,2"]), {**expect_run, "address": "http://h:1", "out_dir": "outputs/sweeps",
+                                                          "resume": False, "out": sys.stdout, "validate_only": False, "probe_workers": True})
+
+
 # ------------------------------------------------------------------------------------------ cluster
 
 

@@ -290,6 +290,7 @@ def _add_job_args(p: argparse.ArgumentParser) -> None:
 
 
 def _job_options(a: argparse.Namespace) -> dict[str, object]:
+    """The keyword arguments of :func:`_add_job_args`'s flags."""
     return {**_run_options(a), "group": a.group, "tags": a.tag}
 
 
@@ -302,10 +303,12 @@ def _add_sweep_args(p: argparse.ArgumentParser) -> None:
 
 
 def _sweep_options(a: argparse.Namespace) -> dict[str, object]:
+    """The keyword arguments of :func:`_add_sweep_args`'s flags (the sweep's name apart), printing to stdout."""
     return {**_run_options(a), "out_dir": a.out_dir, "resume": a.resume, "out": sys.stdout}
 
 
 def _add_address(p: argparse.ArgumentParser) -> None:
+    """The Ray dashboard's URL (job submission and the state API go through it)."""
     p.add_argument("--address", default=default_address(), help=f"dashboard URL (default {DEFAULT_ADDRESS} or RAY_API_SERVER_ADDRESS)")
 
 
@@ -319,6 +322,7 @@ def _add_ray_job_args(p: argparse.ArgumentParser) -> None:
 
 
 def _ray_check_options(a: argparse.Namespace) -> dict[str, object]:
+    """What each Ray job checks, from :func:`_add_ray_job_args`'s flags."""
     return {"validate_only": a.validate_only, "probe_workers": a.probe_workers}
 
 
