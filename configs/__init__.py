@@ -1,0 +1,9 @@
+"""The Hydra configs of ``reweight-train`` (shipped in the wheel as ``reweight.configs``).
+
+Config keys that Python code names live here, next to the YAML that defines them, so that every layer
+can import them without importing torch or verl (``reweight.study`` builds its arms from them).
+"""
+
+# The policy-loss section of the composed trainer config (configs/method/reweight.yaml fills it):
+# ``_target_``, ``loss_mode`` and, for loss_mode ``reweight``, ``scheme``, ``alpha``, ``prob_source``, ``apply_to``.
+POLICY_LOSS_KEY = "actor_rollout_ref.actor.policy_loss"

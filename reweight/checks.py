@@ -35,7 +35,7 @@ from urllib.parse import urlparse
 
 from omegaconf import DictConfig, OmegaConf
 
-POLICY_LOSS = "actor_rollout_ref.actor.policy_loss"
+from reweight.configs import POLICY_LOSS_KEY
 
 # legacy key (as the user may write it) -> what verl 0.9.1 reads instead
 LEGACY_REWARD_KEYS = {
@@ -76,14 +76,14 @@ def check_policy_loss(cfg: DictConfig) -> Any:
 
     from reweight.loss import CONFIG_TARGET, LOSS_MODE
 
-    section = OmegaConf.select(cfg, POLICY_LOSS)
+    section = OmegaConf.select(cfg, POLICY_LOSS_KEY)
     if section is None:
-        raise ConfigError(f"{POLICY_LOSS} is missing from the config")
+        raise ConfigError(f"{POLICY_LOSS_KEY} is missing from the config")
     loss_mode = section.get("loss_mode", "vanilla")
     target = section.get("_target_", "")
     if loss_mode == LOSS_MODE and target != CONFIG_TARGET:
         raise ConfigError(
-            f"{POLICY_LOSS}.loss_mode={LOSS_MODE} needs {POLICY_LOSS}._target_={CONFIG_TARGET} "
+            f"{POLICY_LOSS_KEY}.loss_mode={LOSS_MODE} needs {POLICY_LOSS_KEY}._target_={CONFIG_TARGET} "
             f"(got {target!r}); verl's own PolicyLossConfig has no scheme/alpha/prob_source fields. "
             f"Use the dapo_reweight config or add that override."
         )
@@ -92,7 +92,7 @@ def check_policy_loss(cfg: DictConfig) -> Any:
         if loss_mode == LOSS_MODE:
             hint = " Our plugin did not register it: is verl-reweight installed (pip install verl-reweight)?"
         raise ConfigError(
-            f"{POLICY_LOSS}.loss_mode={loss_mode!r} is not a registered verl policy loss "
+            f"{POLICY_LOSS_KEY}.loss_mode={loss_mode!r} is not a registered verl policy loss "
             f"(registered: {sorted(POLICY_LOSS_REGISTRY)}).{hint}"
         )
     try:
@@ -102,7 +102,7 @@ def check_policy_loss(cfg: DictConfig) -> Any:
         while cause.__cause__ is not None:
             cause = cause.__cause__
         message = str(cause)  # our config class already names the full key; verl's errors may not
-        raise ConfigError(message if POLICY_LOSS in message else f"{POLICY_LOSS}: {message}") from e
+        raise ConfigError(message if POLICY_LOSS_KEY in message else f"{POLICY_LOSS_KEY}: {message}") from e
 
 
 SCORER_KEY = "reward.custom_reward_function.reward_kwargs.scorer"

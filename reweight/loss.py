@@ -28,6 +28,7 @@ import torch
 from verl.trainer.ppo.core_algos import compute_policy_loss_vanilla, register_policy_loss
 from verl.workers.config import PolicyLossConfig
 
+from reweight.configs import POLICY_LOSS_KEY
 from reweight.weights import (
     APPLY_TO,
     DEFAULT_ALPHA,
@@ -41,7 +42,6 @@ from reweight.weights import (
 
 LOSS_MODE = "reweight"
 CONFIG_TARGET = "reweight.loss.ReweightPolicyLossConfig"
-POLICY_LOSS_KEY = "actor_rollout_ref.actor.policy_loss"
 METRIC_PREFIX = "actor/reweight/"
 
 # Tokens with p below this count as "low-probability" in the metrics (w > 1 + α/2 for ``low_prob``).

@@ -9,9 +9,10 @@ every Ray worker on every node -- and swallows import errors at DEBUG level. Imp
   A failure there is logged at ERROR (verl would hide it) and raised again by
   ``reweight.cpu.check()``, which ``reweight-train`` calls before Ray starts.
 
-The loss config's ``_target_`` (``reweight.loss.ReweightPolicyLossConfig``) imports the loss module,
-so a worker that instantiates the config has the loss even if plugin discovery was turned off
-(``VERL_USE_EXTERNAL_PLUGINS=none``).
+The entry point is what reaches every process; because it fails silently, ``reweight-train`` also names
+this module in ``VERL_USE_EXTERNAL_MODULES`` for its workers, and jobs that ``reweight-launch`` submits
+import it through Ray's ``worker_process_setup_hook`` (:mod:`reweight.launch.worker_setup`). Which one
+is relied on where, and the tests that show why: docs/architecture.md.
 """
 
 import logging

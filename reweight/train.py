@@ -54,6 +54,11 @@ def require_plugin_in_workers(cfg: DictConfig) -> None:
     runtime_env makes a worker on a node without verl-reweight fail at ``import verl`` with
     "No module named 'reweight'" (install verl-reweight there), and a broken install fail with its real
     traceback, instead of a late "Unsupported loss mode" or a silently different loss.
+
+    A second mechanism on top of the entry point, kept because the entry point can fail silently (discovery
+    off, swallowed import errors); this test in tests/test_configs.py shows both:
+    ``test_the_entry_point_alone_can_fail_silently_and_the_external_modules_variable_cannot``.
+    Which mechanism is relied on where: docs/architecture.md.
     """
     from omegaconf import open_dict
 

@@ -222,6 +222,37 @@ def test_workers_import_the_plugin_even_without_entry_point_discovery(local_ray,
     assert plugins_policy == "none" and "reweight" in names
 
 
+def _import_verl(env_vars: dict[str, str], pythonpath: list[Path], cwd: Path) -> subprocess.CompletedProcess:
+    """``import verl`` in a fresh process (what every Ray worker does first); prints whether 'reweight' is registered.
+    ``cwd`` must not hold a ``reweight`` folder (``python -c`` puts it first on sys.path)."""
+    import os
+
+    code = "import verl; from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY as R; print('registered', 'reweight' in R)"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VERL_USE_EXTERNAL")}
+    env.update(env_vars, PYTHONPATH=os.pathsep.join(str(p) for p in pythonpath))
+    return subprocess.run([sys.executable, "-c", code], env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_the_entry_point_alone_can_fail_silently_and_the_external_modules_variable_cannot(tmp_path):
+    """Why reweight-train sets VERL_USE_EXTERNAL_MODULES for its workers on top of the verl.plugins entry point
+    (no Ray: the worker's first step, ``import verl``, in a fresh process). The entry point is skipped when
+    discovery is off and its import errors are swallowed; the variable's import is neither."""
+    off = {"VERL_USE_EXTERNAL_PLUGINS": "none"}
+    out = _import_verl(off, [ROOT], tmp_path)
+    assert out.returncode == 0 and out.stdout.split()[-1] == "False", out.stderr[-2000:]  # no loss, no error
+    out = _import_verl({**off, "VERL_USE_EXTERNAL_MODULES": "reweight.plugin"}, [ROOT], tmp_path)
+    assert out.returncode == 0 and out.stdout.split()[-1] == "True", out.stderr[-2000:]
+
+    broken = tmp_path / "broken" / "reweight"  # an install whose plugin cannot be imported on this node
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("")
+    (broken / "plugin.py").write_text("raise ImportError('No module named some_dependency_of_reweight')\n")
+    out = _import_verl({}, [broken.parent, ROOT], tmp_path)
+    assert out.returncode == 0 and out.stdout.split()[-1] == "False", out.stderr[-2000:]  # swallowed
+    out = _import_verl({"VERL_USE_EXTERNAL_MODULES": "reweight.plugin"}, [broken.parent, ROOT], tmp_path)
+    assert out.returncode != 0 and "some_dependency_of_reweight" in out.stderr  # loud, with the cause
+
+
 def test_wandb_without_credentials_refused_before_ray(tmp_path):
     """trainer.logger with wandb, no WANDB_API_KEY / netrc and not offline: a clear error, Ray never starts."""
     import os

@@ -87,6 +87,146 @@ def test_explicit_value():
         explicit_value(["trainer.nnodes=1,2"], "trainer.nnodes")
 
 
+class _FakeBackend:
+    """Stands in for the cluster / SLURM calls of a sweep: records submissions, answers job states."""
+
+    def __init__(self, monkeypatch):
+        from types import SimpleNamespace
+
+        import reweight.launch.cluster as cluster
+        import reweight.launch.slurm as slurm
+        import reweight.launch.submit as submit
+        import reweight.launch.sweep as sweep
+
+        self.submitted: list[tuple[str, list[str]]] = []  # (submission/job id, overrides)
+        self.states: dict[str, str | None] = {}
+        self.planned: list[dict] = []
+
+        def plan_job(overrides, **kw):
+            self.planned.append({"overrides": list(overrides), **kw})
+            return SimpleNamespace(overrides=list(overrides), nnodes=1, gpus_per_node=1, resource="GPU", project_name="proj")
+
+        def submit_job(job, address, submission_id=None):
+            self.submitted.append((submission_id, job.overrides))
+            return submission_id
+
+        def launch_slurm(spec, overrides, **kw):
+            job_id = None if kw["dry_run"] else str(100 + len(self.submitted))
+            self.submitted.append((job_id, list(overrides)))
+            return SimpleNamespace(job_id=job_id, script_path=Path(kw["script_path"]), script="#!/bin/bash\n", command=["sbatch"], spec=spec)
+
+        monkeypatch.setattr(submit, "plan_job", plan_job)
+        monkeypatch.setattr(submit, "submit_job", submit_job)
+        monkeypatch.setattr(submit, "job_status", lambda address, jid: self.states[jid])
+        monkeypatch.setattr(cluster, "cluster_nodes", lambda address: [_node("10.0.0.1", 8, head=True)])
+        monkeypatch.setattr(slurm, "launch_slurm", launch_slurm)
+        monkeypatch.setattr(sweep, "slurm_job_state", lambda jid: self.states[jid])
+
+
+SWEEP = [f"{ALPHA}=0.1,0.2,0.3"]
+NO_WANDB_ENV = {"WANDB_MODE": "offline"}
+
+
+def test_ray_sweep_writes_a_manifest_and_resume_resubmits_only_failed_points(tmp_path, monkeypatch):
+    from reweight.launch.sweep import read_manifest, run_ray_sweep
+
+    fake = _FakeBackend(monkeypatch)
+    first = run_ray_sweep("s", SWEEP, address="10.0.0.1:8265", out_dir=tmp_path, environ=NO_WANDB_ENV)
+    ids = [p["job_id"] for p in first["points"]]
+    assert [sid for sid, _ in fake.submitted] == ids and len(set(ids)) == 3 and all(i.startswith("s-0") for i in ids)
+    assert [o[-1] for _, o in fake.submitted] == [f"trainer.experiment_name=s-0{i}-alpha_0.{i + 1}" for i in range(3)]
+    assert [kw["tags"] for kw in fake.planned][1] == ["sweep:s", "alpha=0.2"] and all(kw["group"] == "s" for kw in fake.planned)
+    on_disk = read_manifest(tmp_path / "s")
+    assert on_disk["backend"] == "ray" and on_disk["address"] == "http://10.0.0.1:8265" and on_disk["overrides"] == SWEEP
+    assert on_disk["wandb"] == {"mode": "offline", "dir": str(tmp_path / "s"), "group": "s", "project": "proj", "entity": "", "base_url": ""}
+    assert [p["job_id"] for p in on_disk["points"]] == ids
+    with pytest.raises(SweepError, match="already has a manifest"):
+        run_ray_sweep("s", SWEEP, address="10.0.0.1:8265", out_dir=tmp_path, environ=NO_WANDB_ENV)
+    with pytest.raises(SweepError, match="different sweep"):
+        run_ray_sweep("s", [f"{ALPHA}=0.1,0.2"], address="10.0.0.1:8265", out_dir=tmp_path, environ=NO_WANDB_ENV, resume=True)
+
+    fake.states = {ids[0]: "SUCCEEDED", ids[1]: "FAILED", ids[2]: "RUNNING"}
+    again = run_ray_sweep("s", SWEEP, address="10.0.0.1:8265", out_dir=tmp_path, environ=NO_WANDB_ENV, resume=True)
+    assert len(fake.submitted) == 4 and fake.submitted[3][1][-1] == "trainer.experiment_name=s-01-alpha_0.2"
+    points = read_manifest(again["path"])["points"]
+    assert [p["job_id"] for p in points] == [ids[0], fake.submitted[3][0], ids[2]]
+    assert points[1]["attempts"] == [{"job_id": ids[1], "status": "FAILED"}] and points[0]["attempts"] == []
+
+
+def test_slurm_sweep_dry_run_writes_scripts_only_and_resume_resubmits_only_failed_jobs(tmp_path, monkeypatch):
+    from reweight.launch.slurm import SlurmSpec
+    from reweight.launch.sweep import manifest_path, read_manifest, run_slurm_sweep
+
+    fake = _FakeBackend(monkeypatch)
+    spec = SlurmSpec(nodes=2, gpus_per_node=4)
+    dry = run_slurm_sweep("t", SWEEP, spec, out_dir=tmp_path, environ=NO_WANDB_ENV, dry_run=True)
+    assert dry["dry_run"] and len(dry["launches"]) == 3 and not manifest_path(tmp_path, "t").exists()
+    assert [launch.script_path.name for launch in dry["launches"]] == ["point-00.sbatch", "point-01.sbatch", "point-02.sbatch"]
+    assert [launch.spec.job_name for launch in dry["launches"]] == ["t-00", "t-01", "t-02"]
+    assert {"trainer.nnodes=2", "trainer.n_gpus_per_node=4"} <= set(fake.planned[0]["overrides"])  # checked as SLURM runs it
+    assert all(kw["group"] == "t" for kw in fake.planned)
+
+    fake.submitted.clear()
+    first = run_slurm_sweep("t", SWEEP, spec, out_dir=tmp_path, environ=NO_WANDB_ENV)
+    ids = [p["job_id"] for p in read_manifest(tmp_path / "t")["points"]]
+    assert ids == ["100", "101", "102"] and first["backend"] == "slurm"
+    assert read_manifest(tmp_path / "t")["wandb"]["dir"] == str(tmp_path / "t")
+    assert read_manifest(tmp_path / "t")["points"][2]["script"] == str(tmp_path / "t" / "point-02.sbatch")
+    with pytest.raises(SweepError, match="already has a manifest"):
+        run_slurm_sweep("t", SWEEP, spec, out_dir=tmp_path, environ=NO_WANDB_ENV)
+
+    fake.states = {"100": "COMPLETED", "101": "CANCELLED by 42", "102": None}  # None: no sacct
+    run_slurm_sweep("t", SWEEP, spec, out_dir=tmp_path, environ=NO_WANDB_ENV, resume=True)
+    points = read_manifest(tmp_path / "t")["points"]
+    assert [p["job_id"] for p in points] == ["100", "103", "102"]
+    assert points[1]["attempts"] == [{"job_id": "101", "status": "CANCELLED by 42"}]
+
+
+def test_launch_cli_passes_every_flag_to_the_library(tmp_path, monkeypatch, capsys):
+    """Each shared flag group reaches the library call of every subcommand that takes it, as written."""
+    from types import SimpleNamespace
+
+    import reweight.launch.slurm as slurm
+    import reweight.launch.submit as submit
+    import reweight.launch.sweep as sweep
+    from reweight.launch.cli import main
+
+    calls = {}
+
+    def record(name, result):
+        def f(*args, **kwargs):
+            calls[name] = (args, kwargs)
+            return result
+        return f
+
+    job = SimpleNamespace(notes=[], entrypoint="e", redacted_runtime_env=dict, nnodes=1, gpus_per_node=1, resource="GPU",
+                          project_name="p", experiment_name="x")
+    launch = SimpleNamespace(script="#!\n", script_path=tmp_path / "s", command=["sbatch"], job_id="7")
+    monkeypatch.setattr(submit, "plan_job", record("plan_job", job))
+    monkeypatch.setattr(submit, "check_job_fits", record("fits", None))
+    monkeypatch.setattr(slurm, "launch_slurm", record("launch_slurm", launch))
+    monkeypatch.setattr(sweep, "run_slurm_sweep", record("run_slurm_sweep", {"launches": [launch]}))
+    monkeypatch.setattr(sweep, "run_ray_sweep", record("run_ray_sweep", {"path": "m"}))
+    run = ["--config-name", "c", "--wandb-dir", "/w", "--ship-package", "--check-paths"]
+    expect_run = {"config_name": "c", "wandb_dir": "/w", "ship_package": True, "check_paths": True}
+
+    assert main(["submit", *run, "--group", "g", "--tag", "a", "--tag", "b", "--validate-only", "--dry-run", "--", "x=1"]) == 0
+    assert calls["plan_job"] == ((["x=1"],), {**expect_run, "group": "g", "tags": ["a", "b"], "validate_only": True, "probe_workers": False})
+    assert main(["slurm", "--nodes", "2", "--gpus-per-node", "4", *run, "--tag", "t", "--rollout-name", "hf", "--dry-run", "--", "y=2"]) == 0
+    args, kwargs = calls["launch_slurm"]
+    assert args[1] == ["y=2"] and (args[0].nodes, args[0].gpus_per_node, args[0].job_name) == (2, 4, "reweight")
+    assert kwargs == {**expect_run, "group": None, "tags": ["t"], "rollout_name": "hf", "script_path": None,
+                      "script_dir": "outputs/launch/slurm", "dry_run": True}
+    assert main(["sweep", "--slurm", "--nodes", "2", "--gpus-per-node", "4", "--name", "n", "--out-dir", "/o", *run, "--resume",
+                 "--dry-run", "--", "z=1,2"]) == 0
+    args, kwargs = calls["run_slurm_sweep"]
+    assert args[:2] == ("n", ["z=1,2"]) and args[2].job_name == "n"
+    assert kwargs == {**expect_run, "out_dir": "/o", "resume": True, "out": sys.stdout, "rollout_name": None, "dry_run": True}
+    assert main(["sweep", "--name", "n", "--address", "http://h:1", *run, "--probe-workers", "--", "z=1,2"]) == 0
+    assert calls["run_ray_sweep"] == (("n", ["z=1,2"]), {**expect_run, "address": "http://h:1", "out_dir": "outputs/sweeps",
+                                                          "resume": False, "out": sys.stdout, "validate_only": False, "probe_workers": True})
+
+
 # ------------------------------------------------------------------------------------------ cluster
 
 
@@ -117,6 +257,36 @@ def test_ray_start_commands():
     assert worker[:3] == ["ray", "start", "--address=10.0.0.1:6400"] and "--head" not in worker and "--block" not in worker
     with pytest.raises(ValueError, match="GCS address"):
         worker_start_command("http://10.0.0.1:8265")
+
+
+def _auth_mode_after_enable_client_auth(env):
+    """RAY_AUTH_MODE in a fresh process after enable_client_auth() (Ray's switch changes process state)."""
+    code = "import os; from reweight.launch.cluster import enable_client_auth; enable_client_auth(); print(os.environ.get('RAY_AUTH_MODE'))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_client_auth_switches_to_token_mode_exactly_when_a_token_is_available(tmp_path):
+    from reweight.launch.cluster import ray_token_available
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(HOME=str(tmp_path), PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    assert not ray_token_available(env) and _auth_mode_after_enable_client_auth(env) == "None"
+    (tmp_path / "token").write_text("a" * 32)
+    env["RAY_AUTH_TOKEN_PATH"] = str(tmp_path / "token")
+    assert ray_token_available(env) and _auth_mode_after_enable_client_auth(env) == "token"
+
+
+def test_client_auth_refuses_a_ray_without_its_token_switch(monkeypatch):
+    import ray
+
+    from reweight.launch.cluster import RAY_TOKEN_AUTH_SWITCH, enable_client_auth
+
+    monkeypatch.setitem(sys.modules, RAY_TOKEN_AUTH_SWITCH.rpartition(".")[0], None)  # import fails: a Ray without it
+    enable_client_auth({"RAY_AUTH_MODE": "disabled"})  # set explicitly: Ray's switch is not needed
+    with pytest.raises(ClusterError, match=f"ray {ray.__version__} has no .*export RAY_AUTH_MODE"):
+        enable_client_auth({})
 
 
 # ------------------------------------------------------------------------------------------ W&B
@@ -267,3 +437,22 @@ def test_summary_table_joins_manifest_and_offline_runs(offline_runs, tmp_path):
     csv_text = to_csv(columns, rows)
     assert csv_text.splitlines()[2].split(",")[col] == "1.4"
     assert json.loads(path.read_text())["points"][1]["experiment_name"] == "run-b"
+
+
+def test_run_summary_reads_an_api_run_through_the_public_accessor(tmp_path, monkeypatch):
+    """A real wandb.apis.public.Run (built offline from the attributes the API returns): the summary is the
+    JSON the API sent; a changed API is refused, naming the installed wandb."""
+    from types import SimpleNamespace
+
+    import wandb
+    from wandb.apis.public import Run
+
+    from reweight.launch.summary import run_summary
+
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))  # Run makes a scratch folder there
+    sent = {"actor/reweight/weight_mean": 1.2, "_step": 3, "val/acc": {"mean": 0.5}}
+    run = Run(None, "entity", "proj", "run1", attrs={"summaryMetrics": json.dumps(sent), "state": "finished"}, lazy=False)
+    assert run_summary(run) == sent
+    assert run_summary(SimpleNamespace(summary_metrics=sent)) == sent
+    with pytest.raises(TypeError, match=f"wandb {wandb.__version__}: Run.summary_metrics is a list"):
+        run_summary(SimpleNamespace(summary_metrics=[1, 2]))

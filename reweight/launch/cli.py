@@ -62,22 +62,29 @@ def _exec_ray(cmd: list[str], env: dict[str, str], dry_run: bool) -> int:
     return 1  # not reached
 
 
+def _ray_node_options(a: argparse.Namespace) -> dict[str, object]:
+    """The ``ray start`` settings head and worker share, from :func:`_add_ray_node_args`'s flags."""
+    return {
+        "num_cpus": a.num_cpus,
+        "num_gpus": a.num_gpus,
+        "node_ip": a.node_ip,
+        "temp_dir": a.temp_dir,
+        "dashboard_agent_listen_port": a.dashboard_agent_listen_port,
+        "metrics_export_port": a.metrics_export_port,
+        "block": a.block,
+        "extra": a.extra,
+    }
+
+
 def cmd_ray_head(a: argparse.Namespace) -> int:
     from reweight.launch.cluster import head_start_command, ray_start_environment
 
     cmd = head_start_command(
         port=a.port,
-        num_cpus=a.num_cpus,
-        num_gpus=a.num_gpus,
         dashboard_host=a.dashboard_host,
         dashboard_port=a.dashboard_port,
-        node_ip=a.node_ip,
-        temp_dir=a.temp_dir,
-        dashboard_agent_listen_port=a.dashboard_agent_listen_port,
         ray_client_server_port=a.ray_client_server_port,
-        metrics_export_port=a.metrics_export_port,
-        block=a.block,
-        extra=a.extra,
+        **_ray_node_options(a),
     )
     return _exec_ray(cmd, ray_start_environment(a.auth, os.environ, head=True), a.dry_run)
 
@@ -85,17 +92,7 @@ def cmd_ray_head(a: argparse.Namespace) -> int:
 def cmd_ray_worker(a: argparse.Namespace) -> int:
     from reweight.launch.cluster import ray_start_environment, worker_start_command
 
-    cmd = worker_start_command(
-        a.address,
-        num_cpus=a.num_cpus,
-        num_gpus=a.num_gpus,
-        node_ip=a.node_ip,
-        temp_dir=a.temp_dir,
-        dashboard_agent_listen_port=a.dashboard_agent_listen_port,
-        metrics_export_port=a.metrics_export_port,
-        block=a.block,
-        extra=a.extra,
-    )
+    cmd = worker_start_command(a.address, **_ray_node_options(a))
     return _exec_ray(cmd, ray_start_environment(a.auth, os.environ, head=False), a.dry_run)
 
 
@@ -121,17 +118,7 @@ def _follow(address: str, submission_id: str, timeout: float | None) -> str:
 def cmd_submit(a: argparse.Namespace) -> int:
     from reweight.launch.submit import check_job_fits, plan_job, submit_job
 
-    job = plan_job(
-        a.overrides,
-        config_name=a.config_name,
-        validate_only=a.validate_only,
-        probe_workers=a.probe_workers,
-        group=a.group,
-        tags=a.tag,
-        wandb_dir=a.wandb_dir,
-        ship_package=a.ship_package,
-        check_paths=a.check_paths,
-    )
+    job = plan_job(a.overrides, **_job_options(a), **_ray_check_options(a))
     for note in job.notes:
         _say("note: " + note)
     note = check_job_fits(job, a.address)
@@ -194,16 +181,11 @@ def cmd_slurm(a: argparse.Namespace) -> int:
     launch = launch_slurm(
         _slurm_spec(a, a.job_name),
         a.overrides,
-        config_name=a.config_name,
         rollout_name=a.rollout_name,
         script_path=a.script,
         script_dir=a.script_dir,
-        group=a.group,
-        tags=a.tag,
-        wandb_dir=a.wandb_dir,
-        ship_package=a.ship_package,
         dry_run=a.dry_run,
-        check_paths=a.check_paths,
+        **_job_options(a),
     )
     if a.dry_run:
         print(launch.script, end="")
@@ -227,15 +209,9 @@ def cmd_sweep(a: argparse.Namespace) -> int:
             name,
             a.overrides,
             _slurm_spec(a, name),
-            out_dir=a.out_dir,
-            config_name=a.config_name,
             rollout_name=a.rollout_name,
-            wandb_dir=a.wandb_dir,
-            ship_package=a.ship_package,
-            resume=a.resume,
             dry_run=a.dry_run,
-            out=sys.stdout,
-            check_paths=a.check_paths,
+            **_sweep_options(a),
         )
         if a.dry_run:
             for launch in result["launches"]:
@@ -244,20 +220,7 @@ def cmd_sweep(a: argparse.Namespace) -> int:
         return 0
     if a.dry_run:
         raise ValueError("sweep --dry-run is for --slurm; for Ray, use --validate-only (each job only checks its config)")
-    manifest = run_ray_sweep(
-        name,
-        a.overrides,
-        address=a.address,
-        out_dir=a.out_dir,
-        config_name=a.config_name,
-        validate_only=a.validate_only,
-        probe_workers=a.probe_workers,
-        ship_package=a.ship_package,
-        wandb_dir=a.wandb_dir,
-        resume=a.resume,
-        out=sys.stdout,
-        check_paths=a.check_paths,
-    )
+    manifest = run_ray_sweep(name, a.overrides, address=a.address, **_sweep_options(a), **_ray_check_options(a))
     _say(f"manifest: {manifest['path']}")
     if not a.wait:
         return 0
@@ -298,20 +261,69 @@ def cmd_probe(a: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------ parser
 
 
-def _add_job_args(p: argparse.ArgumentParser) -> None:
+# Each group of flags is added by one function and read back by one function, so that a flag means the
+# same thing, with the same help, in every subcommand that takes it.
+
+
+def _add_run_args(p: argparse.ArgumentParser, wandb_dir_help: str) -> None:
+    """Flags of every subcommand that runs ``reweight-train`` (submit, slurm, sweep)."""
     p.add_argument("--config-name", help="reweight-train's --config-name (default: its default config)")
-    p.add_argument("--group", help="W&B group (WANDB_RUN_GROUP) of the run")
-    p.add_argument("--tag", action="append", default=[], help="W&B tag (WANDB_TAGS); repeatable")
-    p.add_argument("--wandb-dir", help="WANDB_DIR for the run (where offline runs are written)")
+    p.add_argument("--wandb-dir", help=wandb_dir_help)
     p.add_argument("--ship-package", action="store_true", help="ship this reweight package to the nodes (py_modules)")
-    _add_check_paths(p)
-
-
-def _add_check_paths(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--check-paths", action="store_true",
         help="also check the run's files here (data, model, resume checkpoint, output dir): a filesystem shared with the cluster",
     )
+    p.add_argument("overrides", nargs="*", help="after --: reweight-train overrides")
+
+
+def _run_options(a: argparse.Namespace) -> dict[str, object]:
+    """The keyword arguments of :func:`_add_run_args`'s flags (``overrides`` apart)."""
+    return {"config_name": a.config_name, "wandb_dir": a.wandb_dir, "ship_package": a.ship_package, "check_paths": a.check_paths}
+
+
+def _add_job_args(p: argparse.ArgumentParser) -> None:
+    """Flags of a single run (submit, slurm): :func:`_add_run_args` plus its W&B group and tags."""
+    _add_run_args(p, "WANDB_DIR for the run (where offline runs are written)")
+    p.add_argument("--group", help="W&B group (WANDB_RUN_GROUP) of the run")
+    p.add_argument("--tag", action="append", default=[], help="W&B tag (WANDB_TAGS); repeatable")
+
+
+def _job_options(a: argparse.Namespace) -> dict[str, object]:
+    """The keyword arguments of :func:`_add_job_args`'s flags."""
+    return {**_run_options(a), "group": a.group, "tags": a.tag}
+
+
+def _add_sweep_args(p: argparse.ArgumentParser) -> None:
+    """Flags of a sweep (its name = the W&B group; each point's tags are its swept values)."""
+    _add_run_args(p, "WANDB_DIR for every point (default: the sweep's folder)")
+    p.add_argument("--name", help="sweep name = W&B group (default sweep-<time>)")
+    p.add_argument("--out-dir", default="outputs/sweeps", help="the manifest goes to <out-dir>/<name>/manifest.json")
+    p.add_argument("--resume", action="store_true", help="resubmit the failed or unsubmitted points of an existing sweep")
+
+
+def _sweep_options(a: argparse.Namespace) -> dict[str, object]:
+    """The keyword arguments of :func:`_add_sweep_args`'s flags (the sweep's name apart), printing to stdout."""
+    return {**_run_options(a), "out_dir": a.out_dir, "resume": a.resume, "out": sys.stdout}
+
+
+def _add_address(p: argparse.ArgumentParser) -> None:
+    """The Ray dashboard's URL (job submission and the state API go through it)."""
+    p.add_argument("--address", default=default_address(), help=f"dashboard URL (default {DEFAULT_ADDRESS} or RAY_API_SERVER_ADDRESS)")
+
+
+def _add_ray_job_args(p: argparse.ArgumentParser) -> None:
+    """Flags of Ray jobs on an existing cluster (submit, sweep): what each job checks, and waiting for it."""
+    _add_address(p)
+    p.add_argument("--validate-only", action="store_true", help="the job runs reweight-train --dry-run (checks only)")
+    p.add_argument("--probe-workers", action="store_true", help="the job also checks our loss in a worker on every node")
+    p.add_argument("--wait", action="store_true", help="wait until the job(s) end (submit streams its logs); exit 1 unless all succeeded")
+    p.add_argument("--timeout", type=float, help="seconds to --wait")
+
+
+def _ray_check_options(a: argparse.Namespace) -> dict[str, object]:
+    """What each Ray job checks, from :func:`_add_ray_job_args`'s flags."""
+    return {"validate_only": a.validate_only, "probe_workers": a.probe_workers}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -332,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_ray_worker)
 
     p = sub.add_parser("wait-nodes", help="wait until the cluster has N alive nodes")
-    p.add_argument("--address", default=default_address(), help="dashboard URL")
+    _add_address(p)
     p.add_argument("--nodes", type=int, required=True)
     p.add_argument("--gpus-per-node", type=int, default=0)
     p.add_argument("--resource", default="GPU")
@@ -340,15 +352,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_wait_nodes)
 
     p = sub.add_parser("submit", help="run reweight-train as a Ray job on an existing cluster")
-    p.add_argument("--address", default=default_address(), help=f"dashboard URL (default {DEFAULT_ADDRESS} or RAY_API_SERVER_ADDRESS)")
     _add_job_args(p)
-    p.add_argument("--validate-only", action="store_true", help="the job runs reweight-train --dry-run (checks only)")
-    p.add_argument("--probe-workers", action="store_true", help="the job also checks our loss in a worker on every node")
+    _add_ray_job_args(p)
     p.add_argument("--submission-id")
-    p.add_argument("--wait", action="store_true", help="wait for the job streaming its logs; exit 1 unless it succeeded")
-    p.add_argument("--timeout", type=float, help="seconds to --wait")
     p.add_argument("--dry-run", action="store_true", help="check and print the job, do not submit")
-    p.add_argument("overrides", nargs="*", help="after --: reweight-train overrides")
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("slurm", help="write (and submit) an sbatch script: Ray over the allocation, then the run")
@@ -358,26 +365,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--script", help="where to write the sbatch script")
     p.add_argument("--script-dir", default="outputs/launch/slurm")
     p.add_argument("--dry-run", action="store_true", help="write and print the script and the sbatch command; do not submit")
-    p.add_argument("overrides", nargs="*")
     p.set_defaults(func=cmd_slurm)
 
     p = sub.add_parser("sweep", help="a Hydra multirun as one job per point")
-    p.add_argument("--name", help="sweep name = W&B group (default sweep-<time>)")
-    p.add_argument("--out-dir", default="outputs/sweeps", help="the manifest goes to <out-dir>/<name>/manifest.json")
-    p.add_argument("--address", default=default_address())
-    p.add_argument("--config-name")
-    p.add_argument("--wandb-dir", help="WANDB_DIR for every point (default: the sweep's folder)")
-    p.add_argument("--ship-package", action="store_true")
-    _add_check_paths(p)
-    p.add_argument("--validate-only", action="store_true")
-    p.add_argument("--probe-workers", action="store_true")
-    p.add_argument("--resume", action="store_true", help="resubmit the failed or unsubmitted points of an existing sweep")
-    p.add_argument("--wait", action="store_true")
-    p.add_argument("--timeout", type=float)
+    _add_sweep_args(p)
+    _add_ray_job_args(p)
     p.add_argument("--slurm", action="store_true", help="one SLURM job per point instead of Ray jobs on a cluster")
     _add_slurm_args(p, required=False)
     p.add_argument("--dry-run", action="store_true", help="--slurm: write and print the scripts, do not submit")
-    p.add_argument("overrides", nargs="*")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("summary", help="one table of a sweep's runs")

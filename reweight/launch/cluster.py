@@ -11,15 +11,19 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_GCS_PORT = 6379
 DEFAULT_DASHBOARD_PORT = 8265
 AUTH_MODES = ("token", "disabled")
+RAY_TOKEN_AUTH_SWITCH = "ray._private.authentication.authentication_token_setup.maybe_enable_token_auth_if_token_available"
+RAY_TESTED_VERSION = "2.60.0"
 
 
 class ClusterError(RuntimeError):
@@ -145,11 +149,30 @@ def enable_client_auth(environ: Mapping[str, str] | None = None) -> None:
     environ = os.environ if environ is None else environ
     if environ.get("RAY_AUTH_MODE") is not None:
         return
-    from ray._private.authentication.authentication_token_setup import (
-        maybe_enable_token_auth_if_token_available,
-    )
+    ray_token_auth_switch()(warn_if_disabled=False)
 
-    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+def ray_token_auth_switch() -> Callable[..., bool]:
+    """Ray's own "token mode if a token exists" function, the one private Ray API this package calls.
+
+    Ray has no public equivalent (``ray start`` and ``ray.init`` call it internally). A Ray without it,
+    or with another signature, is refused naming the installed version; setting RAY_AUTH_MODE avoids the call.
+    """
+    import ray
+
+    module, _, name = RAY_TOKEN_AUTH_SWITCH.rpartition(".")
+    try:
+        switch = getattr(importlib.import_module(module), name)
+        takes_warn_flag = "warn_if_disabled" in inspect.signature(switch).parameters
+    except (ImportError, AttributeError, TypeError, ValueError):
+        takes_warn_flag = False
+    if not takes_warn_flag:
+        raise ClusterError(
+            f"ray {ray.__version__} has no {RAY_TOKEN_AUTH_SWITCH}(warn_if_disabled=...), which reweight-launch "
+            f"calls when RAY_AUTH_MODE is unset (written against ray {RAY_TESTED_VERSION}); "
+            f"export RAY_AUTH_MODE=token (or disabled), as the cluster was started"
+        )
+    return switch
 
 
 # --------------------------------------------------------------------------------------------- inspect

@@ -170,6 +170,10 @@ def plan_job(
     experiment = str(cfg.trainer.experiment_name)
 
     runtime_env: dict[str, Any] = {
+        # Every process of the job imports our plugin, also those that are not reweight-train (the probe),
+        # whose workers get no VERL_USE_EXTERNAL_MODULES. Whether that variable alone reaches every training
+        # worker depends on Ray merging the driver's ray.init runtime_env into the job's: only
+        # tests/test_launch_ray.py can show it, so the hook stays (docs/architecture.md).
         "worker_process_setup_hook": HOOK,
         "env_vars": job_wandb_env(environ, group=group, tags=tags, wandb_dir=wandb_dir),
     }

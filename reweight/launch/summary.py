@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,9 +56,28 @@ def online_runs_by_name(project: str, group: str, entity: str | None = None) -> 
     path = f"{entity or api.default_entity}/{project}"
     runs: dict[str, RunInfo] = {}
     for run in api.runs(path, filters={"group": group}):
-        summary = dict(run.summary._json_dict)
-        runs[run.name] = RunInfo(run.id, run.name, run.state, summary)
+        runs[run.name] = RunInfo(run.id, run.name, run.state, run_summary(run))
     return runs
+
+
+def run_summary(run: Any) -> dict[str, Any]:
+    """A ``wandb.Api()`` run's summary as plain JSON values, through wandb's public ``Run.summary_metrics``.
+
+    (``run.summary`` would turn nested values into lazy objects and read tensors from a local h5 file.)
+    The field may arrive as JSON text, which wandb decodes the same way. Anything but a mapping means
+    a wandb whose API changed: refused, naming the installed version.
+    """
+    values = run.summary_metrics
+    if isinstance(values, (str, bytes, bytearray)):
+        values = json.loads(values)
+    if not isinstance(values, Mapping):
+        import wandb
+
+        raise TypeError(
+            f"wandb {wandb.__version__}: Run.summary_metrics is a {type(values).__name__}, not a mapping; "
+            f"reweight-launch summary was written against wandb 0.31 (use --source files for offline runs)"
+        )
+    return dict(values)
 
 
 def _job_statuses(manifest: Mapping[str, Any], address: str | None) -> dict[str, str]:

@@ -16,7 +16,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -29,7 +29,9 @@ MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
 EXPERIMENT_KEY = "trainer.experiment_name"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-RESUBMIT_STATUSES = ("FAILED", "STOPPED")
+RESUBMIT_STATUSES = ("FAILED", "STOPPED")  # Ray job statuses that --resume submits again
+# SLURM job states (sacct, first word) that --resume submits again
+SLURM_RESUBMIT_STATES = ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED")
 
 
 class SweepError(ValueError):
@@ -157,6 +159,107 @@ def _load_for_resume(path: Path, name: str, backend: str, config_name: str | Non
     return manifest
 
 
+# ------------------------------------------------------------------------------------------------ shared path
+
+
+@dataclass
+class _SweepStart:
+    """What both backends start from: the environment, the manifest's path, the planned points, the
+    manifest of an earlier submission (``--resume``) or None, and the W&B directory of every point."""
+
+    environ: dict[str, str]
+    path: Path
+    points: list[PlannedPoint]
+    manifest: dict[str, Any] | None
+    wandb_dir: Path
+
+
+def _start(
+    name: str,
+    overrides: Sequence[str],
+    backend: str,
+    *,
+    out_dir: str | os.PathLike,
+    config_name: str | None,
+    environ: Mapping[str, str] | None,
+    wandb_dir: str | os.PathLike | None,
+    resume: bool,
+    read_earlier: bool = True,
+) -> _SweepStart:
+    """Plan the points and read an earlier manifest (refused without ``resume``; not read when
+    ``read_earlier`` is false, a dry run). W&B writes to ``wandb_dir``, else WANDB_DIR, else the sweep's folder."""
+    environ = dict(os.environ if environ is None else environ)
+    path = manifest_path(out_dir, name)
+    points = plan_points(name, overrides)
+    manifest = _load_for_resume(path, name, backend, config_name, overrides, resume) if read_earlier else None
+    if wandb_dir is None:
+        wandb_dir = environ.get("WANDB_DIR") or path.parent
+    return _SweepStart(environ, path, points, manifest, Path(wandb_dir).expanduser().resolve())
+
+
+def _plan_each(points: Sequence[PlannedPoint], plan: Callable[[PlannedPoint], Any]) -> list[Any]:
+    """``plan(point)`` for every point, before anything is submitted; an error names its point."""
+    jobs = []
+    for p in points:
+        try:
+            jobs.append(plan(p))
+        except Exception as e:
+            raise SweepError(f"sweep point {p.index} ({' '.join(p.overrides)}): {e}") from e
+    return jobs
+
+
+def _open_manifest(
+    start: _SweepStart, name: str, backend: str, config_name: str | None, overrides: Sequence[str], project: str, **extra: Any
+) -> dict[str, Any]:
+    """The earlier manifest (``--resume``), or a new one written now, before the first submission."""
+    if start.manifest is not None:
+        return start.manifest
+    env = start.environ
+    wandb = {"mode": wandb_mode(env), "dir": str(start.wandb_dir), "group": name, "project": project,
+             "entity": env.get("WANDB_ENTITY", ""), "base_url": env.get("WANDB_BASE_URL", "")}
+    manifest = _new_manifest(name, backend, config_name, overrides, start.points, **extra, wandb=wandb)
+    write_manifest(start.path, manifest)
+    return manifest
+
+
+def _resubmittable(status: str | None, states: Sequence[str]) -> bool:
+    """Whether a job whose state is ``status`` (``None``: unknown) is submitted again by ``--resume``."""
+    return status is not None and status.split()[0] in states
+
+
+def _submit_each(
+    start: _SweepStart,
+    jobs: Sequence[Any],
+    manifest: dict[str, Any] | None,
+    *,
+    state_of: Callable[[str], str | None],
+    resubmit_states: Sequence[str],
+    submit: Callable[[PlannedPoint, Any], tuple[dict[str, Any], str]],
+    out: TextIO | None,
+) -> None:
+    """Submit every point that has no job yet, or whose job ended in one of ``resubmit_states``.
+
+    ``submit(point, job)`` returns the fields it adds to the point's manifest entry and the end of the
+    line printed for it; the manifest (None in a dry run) is rewritten after every submission, so an
+    interrupted sweep can be resumed from it.
+    """
+    for p, job in zip(start.points, jobs, strict=True):
+        entry = manifest["points"][p.index] if manifest is not None else {}
+        if entry.get("job_id"):
+            status = state_of(entry["job_id"])
+            if not _resubmittable(status, resubmit_states):
+                if out is not None:
+                    print(f"[reweight-launch] point {p.index}: job {entry['job_id']} is {status}; not resubmitted", file=out)
+                continue
+            entry.setdefault("attempts", []).append({"job_id": entry["job_id"], "status": status})
+        fields, said = submit(p, job)
+        if manifest is not None:
+            entry.update(fields, submitted=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+            write_manifest(start.path, manifest)
+        if out is not None:
+            print(f"[reweight-launch] point {p.index} {p.values}{said}", file=out, flush=True)
+
+
 # ------------------------------------------------------------------------------------------------ Ray
 
 
@@ -180,75 +283,31 @@ def run_ray_sweep(
     from reweight.launch.cluster import check_cluster_fits, cluster_nodes, dashboard_url
     from reweight.launch.submit import job_status, plan_job, submit_job
 
-    environ = dict(os.environ if environ is None else environ)
-    path = manifest_path(out_dir, name)
-    points = plan_points(name, overrides)
-    manifest = _load_for_resume(path, name, "ray", config_name, overrides, resume)
-    if wandb_dir is None:
-        wandb_dir = environ.get("WANDB_DIR") or path.parent
-    wandb_dir = Path(wandb_dir).expanduser().resolve()
-
-    jobs = []
-    for p in points:  # every check, for every point, before the first submission
-        try:
-            jobs.append(
-                plan_job(
-                    p.overrides,
-                    config_name=config_name,
-                    environ=environ,
-                    validate_only=validate_only,
-                    probe_workers=probe_workers,
-                    group=name,
-                    tags=p.tags,
-                    wandb_dir=wandb_dir,
-                    ship_package=ship_package,
-                    extra_metadata={"reweight.sweep": name, "reweight.point": str(p.index)},
-                    check_paths=check_paths,
-                )
-            )
-        except Exception as e:
-            raise SweepError(f"sweep point {p.index} ({' '.join(p.overrides)}): {e}") from e
+    start = _start(name, overrides, "ray", out_dir=out_dir, config_name=config_name, environ=environ,
+                   wandb_dir=wandb_dir, resume=resume)
+    jobs = _plan_each(start.points, lambda p: plan_job(
+        p.overrides, config_name=config_name, environ=start.environ, validate_only=validate_only,
+        probe_workers=probe_workers, group=name, tags=p.tags, wandb_dir=start.wandb_dir, ship_package=ship_package,
+        extra_metadata={"reweight.sweep": name, "reweight.point": str(p.index)}, check_paths=check_paths,
+    ))
     nodes = cluster_nodes(address)
-    for p, job in zip(points, jobs, strict=True):
+    for job in jobs:
         check_cluster_fits(job.nnodes, job.gpus_per_node, nodes, job.resource)
+    if start.manifest is None:
+        start.wandb_dir.mkdir(parents=True, exist_ok=True)
+    manifest = _open_manifest(start, name, "ray", config_name, overrides, jobs[0].project_name, address=dashboard_url(address))
 
-    if manifest is None:
-        manifest = _new_manifest(
-            name,
-            "ray",
-            config_name,
-            overrides,
-            points,
-            address=dashboard_url(address),
-            wandb={
-                "mode": wandb_mode(environ),
-                "dir": str(wandb_dir),
-                "group": name,
-                "project": jobs[0].project_name,
-                "entity": environ.get("WANDB_ENTITY", ""),
-                "base_url": environ.get("WANDB_BASE_URL", ""),
-            },
-        )
-        wandb_dir.mkdir(parents=True, exist_ok=True)
-        write_manifest(path, manifest)
+    def submit(p: PlannedPoint, job: Any) -> tuple[dict[str, Any], str]:
+        job_id = submit_job(job, address, submission_id=f"{name}-{p.index:02d}-{uuid.uuid4().hex[:6]}")
+        return {"job_id": job_id}, f" -> job {job_id} ({p.experiment_name})"
 
-    for p, job in zip(points, jobs, strict=True):
-        entry = manifest["points"][p.index]
-        if entry.get("job_id"):
-            status = job_status(address, entry["job_id"])
-            if status not in RESUBMIT_STATUSES:
-                if out is not None:
-                    print(f"[reweight-launch] point {p.index}: job {entry['job_id']} is {status}; not resubmitted", file=out)
-                continue
-            entry.setdefault("attempts", []).append({"job_id": entry["job_id"], "status": status})
-        submission_id = f"{name}-{p.index:02d}-{uuid.uuid4().hex[:6]}"
-        entry["job_id"] = submit_job(job, address, submission_id=submission_id)
-        entry["submitted"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        write_manifest(path, manifest)
-        if out is not None:
-            print(f"[reweight-launch] point {p.index} {p.values} -> job {entry['job_id']} ({p.experiment_name})", file=out, flush=True)
-    manifest["path"] = str(path)
+    _submit_each(start, jobs, manifest, state_of=lambda jid: job_status(address, jid),
+                 resubmit_states=RESUBMIT_STATUSES, submit=submit, out=out)
+    manifest["path"] = str(start.path)
     return manifest
+
+
+# ------------------------------------------------------------------------------------------------ SLURM
 
 
 def run_slurm_sweep(
@@ -273,52 +332,27 @@ def run_slurm_sweep(
     from reweight.launch.slurm import launch_slurm, slurm_training_overrides
     from reweight.launch.submit import plan_job
 
-    environ = dict(os.environ if environ is None else environ)
-    path = manifest_path(out_dir, name)
-    points = plan_points(name, overrides)
-    manifest = None if dry_run else _load_for_resume(path, name, "slurm", config_name, overrides, resume)
-    if wandb_dir is None:
-        wandb_dir = environ.get("WANDB_DIR") or path.parent
-    wandb_dir = str(Path(wandb_dir).expanduser().resolve())
-
-    jobs = []
-    for p in points:  # every check, for every point, before the first sbatch
-        try:
-            training = slurm_training_overrides(spec.nodes, spec.gpus_per_node, p.overrides, rollout_name)
-            jobs.append(plan_job(training, config_name=config_name, environ=environ, group=name, tags=p.tags, check_paths=check_paths))
-        except Exception as e:
-            raise SweepError(f"sweep point {p.index} ({' '.join(p.overrides)}): {e}") from e
-    if manifest is None and not dry_run:
-        manifest = _new_manifest(
-            name, "slurm", config_name, overrides, points,
-            wandb={"mode": wandb_mode(environ), "dir": wandb_dir, "group": name, "project": jobs[0].project_name,
-                   "entity": environ.get("WANDB_ENTITY", ""), "base_url": environ.get("WANDB_BASE_URL", "")},
-        )
-        write_manifest(path, manifest)
+    start = _start(name, overrides, "slurm", out_dir=out_dir, config_name=config_name, environ=environ,
+                   wandb_dir=wandb_dir, resume=resume, read_earlier=not dry_run)
+    jobs = _plan_each(start.points, lambda p: plan_job(
+        slurm_training_overrides(spec.nodes, spec.gpus_per_node, p.overrides, rollout_name),
+        config_name=config_name, environ=start.environ, group=name, tags=p.tags, check_paths=check_paths,
+    ))
+    manifest = None if dry_run else _open_manifest(start, name, "slurm", config_name, overrides, jobs[0].project_name)
 
     launches = []
-    for p in points:
-        entry = manifest["points"][p.index] if manifest is not None else {}
-        if entry.get("job_id"):  # --resume: resubmit only what SLURM says did not succeed
-            status = slurm_job_state(entry["job_id"])
-            if status is None or status.split()[0] not in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED"):
-                continue
-            entry.setdefault("attempts", []).append({"job_id": entry["job_id"], "status": status})
-        point_spec = replace(spec, job_name=f"{name}-{p.index:02d}")
+
+    def submit(p: PlannedPoint, job: Any) -> tuple[dict[str, Any], str]:
         launch = launch_slurm(
-            point_spec, p.overrides, config_name=config_name, rollout_name=rollout_name,
-            script_path=path.parent / f"point-{p.index:02d}.sbatch", environ=environ, group=name, tags=p.tags,
-            wandb_dir=wandb_dir, ship_package=ship_package, dry_run=dry_run, check_paths=check_paths,
+            replace(spec, job_name=f"{name}-{p.index:02d}"), p.overrides, config_name=config_name, rollout_name=rollout_name,
+            script_path=start.path.parent / f"point-{p.index:02d}.sbatch", environ=start.environ, group=name, tags=p.tags,
+            wandb_dir=str(start.wandb_dir), ship_package=ship_package, dry_run=dry_run, check_paths=check_paths,
         )
         launches.append(launch)
-        if out is not None:
-            print(f"[reweight-launch] point {p.index} {p.values}: {launch.script_path}", file=out, flush=True)
-        if manifest is not None:
-            entry["job_id"] = launch.job_id
-            entry["script"] = str(launch.script_path)
-            entry["submitted"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            write_manifest(path, manifest)
-    result = manifest if manifest is not None else {"sweep": name, "dry_run": True, "points": [asdict(p) for p in points]}
+        return {"job_id": launch.job_id, "script": str(launch.script_path)}, f": {launch.script_path}"
+
+    _submit_each(start, jobs, manifest, state_of=slurm_job_state, resubmit_states=SLURM_RESUBMIT_STATES, submit=submit, out=out)
+    result = manifest if manifest is not None else {"sweep": name, "dry_run": True, "points": [asdict(p) for p in start.points]}
     result["launches"] = launches
     return result
 

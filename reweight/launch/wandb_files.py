@@ -101,6 +101,14 @@ def _value(item: Any) -> Any:
         return item.value_json
 
 
+def _apply_update(values: dict[str, Any], record: Any) -> None:
+    """Apply a config or summary record (its ``update`` items, then its ``remove`` items) to ``values``."""
+    for item in record.update:
+        values[_item_key(item)] = _value(item)
+    for item in record.remove:
+        values.pop(_item_key(item), None)
+
+
 @dataclass
 class OfflineRun:
     """What an offline run file says about the run."""
@@ -154,20 +162,14 @@ def read_offline_run(path: str | Path) -> OfflineRun:
             for item in r.config.update:
                 run.config[_item_key(item)] = _value(item)
         elif kind == "config":
-            for item in record.config.update:
-                run.config[_item_key(item)] = _value(item)
-            for item in record.config.remove:
-                run.config.pop(_item_key(item), None)
+            _apply_update(run.config, record.config)
         elif kind == "history":
             row = {_item_key(item): _value(item) for item in record.history.item}
             if record.history.HasField("step"):
                 row.setdefault("_step", record.history.step.num)
             run.history.append(row)
         elif kind == "summary":
-            for item in record.summary.update:
-                run.summary[_item_key(item)] = _value(item)
-            for item in record.summary.remove:
-                run.summary.pop(_item_key(item), None)
+            _apply_update(run.summary, record.summary)
         elif kind == "exit":
             run.exit_code = record.exit.exit_code
     return run

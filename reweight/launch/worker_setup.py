@@ -5,7 +5,9 @@ runtime_env, so every Ray worker process the job starts, on every node, runs it 
 actor: our policy loss is registered even where verl's ``verl.plugins`` entry-point discovery is off
 (``VERL_USE_EXTERNAL_PLUGINS=none``) or the package was shipped with ``py_modules`` (no
 distribution metadata, so no entry point). A node that cannot import ``reweight`` fails the worker
-loudly here instead of failing minutes later on an unknown ``loss_mode``.
+loudly here instead of failing minutes later on an unknown ``loss_mode``. It is also the only mechanism
+for job processes that are not ``reweight-train`` (``reweight-launch probe``). docs/architecture.md
+says which mechanism is relied on where.
 """
 
 from __future__ import annotations

@@ -15,15 +15,16 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-PL = "actor_rollout_ref.actor.policy_loss"
+from reweight.configs import POLICY_LOSS_KEY
+
 BASELINE_ARM = "dapo"
 
 
 def _arm(scheme: str, alpha: float | None = None, **extra: str) -> list[str]:
-    out = [f"{PL}.scheme={scheme}"]
+    out = [f"{POLICY_LOSS_KEY}.scheme={scheme}"]
     if alpha is not None:
-        out.append(f"{PL}.alpha={alpha}")
-    out += [f"{PL}.{k}={v}" for k, v in extra.items()]
+        out.append(f"{POLICY_LOSS_KEY}.alpha={alpha}")
+    out += [f"{POLICY_LOSS_KEY}.{k}={v}" for k, v in extra.items()]
     return out
 
 
