@@ -13,7 +13,7 @@ import pytest
 from conftest import E2E_TRAIN_OVERRIDES, e2e_asset_overrides
 
 from reweight.evaluation.records import ProblemResult
-from reweight.study.stats import mean_ci, paired_difference, pass_at_k_matrix, results_matrix, verdict
+from reweight.study.stats import mean_ci, paired_difference, pass_at_k_matrix, results_matrix, seeds_to_resolve, verdict
 
 # ---------------------------------------------------------------------------------------- statistics
 
@@ -50,6 +50,26 @@ def test_mean_ci_and_paired_difference_match_a_naive_bootstrap():
     assert "no difference" in verdict("x", "dapo", 0.001, [-0.01, 0.012])
     with pytest.raises(ValueError, match="same seeds and problems"):
         paired_difference(arm, base[:2], 10)
+
+
+def test_seeds_to_resolve_follows_one_over_sqrt_seeds_when_seeds_dominate():
+    # training runs whose accuracy differences spread by 6 points from seed to seed, the same on every problem:
+    # the projection from 4-seed studies (their median: one 4-seed estimate is rough) is the seed count whose
+    # studies, simulated with that many seeds, do have intervals of about ±3 points
+    rng = np.random.default_rng(3)
+
+    def ci(seeds):
+        effect = 0.06 * rng.standard_normal((seeds, 1))
+        return paired_difference(np.repeat(effect, 40, axis=1), np.zeros((seeds, 40)), resamples=1000, seed=1)["ci95"]
+
+    need = int(np.median([seeds_to_resolve(ci(4), 4) for _ in range(20)]))
+    assert 6 <= need <= 16
+    assert np.mean([(c[1] - c[0]) / 2 for c in (ci(need) for _ in range(20))]) == pytest.approx(0.03, rel=0.25)
+    assert seeds_to_resolve([-0.01, 0.01], 3) == 3  # already within ±3 points: no more seeds
+    assert seeds_to_resolve([-0.06, 0.06], 3) == 12  # twice too wide: four times the seeds
+    text = verdict("x", "dapo", 0.0, [-0.06, 0.06], seeds=3)
+    assert "no difference" in text and "±6.0 points with 3 seed(s)" in text and "about 12 seeds per arm" in text
+    assert "seeds per arm" not in verdict("x", "dapo", 0.0, [-0.02, 0.02], seeds=3)
 
 
 def _result(uid: str, correct: list[bool]) -> ProblemResult:

@@ -19,7 +19,7 @@ import numpy as np
 
 from reweight.io import save_figure_atomic, write_json_atomic, write_text_atomic
 from reweight.study.spec import BASELINE_ARM
-from reweight.study.stats import mean_ci, paired_difference, pass_at_k_matrix, results_matrix, verdict
+from reweight.study.stats import mean_ci, paired_difference, pass_at_k_matrix, results_matrix, seeds_to_resolve, verdict
 
 if TYPE_CHECKING:
     from reweight.study.pipeline import Study
@@ -109,7 +109,13 @@ def accuracy_section(study: "Study") -> dict[str, Any]:
         if arm == BASELINE_ARM:
             continue
         diff = paired_difference(accs[arm], accs[BASELINE_ARM], spec.bootstrap, seed=7)
-        out["comparisons"].append({"arm": arm, "baseline": BASELINE_ARM, **diff, "verdict": verdict(arm, BASELINE_ARM, diff["delta"], diff["ci95"])})
+        seeds = accs[arm].shape[0]
+        out["comparisons"].append({
+            "arm": arm, "baseline": BASELINE_ARM, **diff,
+            "half_width": (diff["ci95"][1] - diff["ci95"][0]) / 2,
+            "seeds_to_resolve": seeds_to_resolve(diff["ci95"], seeds),  # ±TARGET_RESOLUTION, projected
+            "verdict": verdict(arm, BASELINE_ARM, diff["delta"], diff["ci95"], seeds=seeds),
+        })
     return out
 
 

@@ -12,6 +12,7 @@ the between-problem variance that both share.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -82,8 +83,28 @@ def paired_difference(
     return {"delta": out["mean"], "ci95": out["ci95"]}
 
 
-def verdict(name: str, baseline: str, delta: float, ci: Sequence[float], unit: float = 100.0) -> str:
-    """One sentence from a paired difference: better, worse, or no difference resolved at this budget."""
+# The difference a study should be able to resolve (fraction of problems): 3 accuracy points.
+TARGET_RESOLUTION = 0.03
+
+
+def seeds_to_resolve(ci: Sequence[float], seeds: int, target: float = TARGET_RESOLUTION) -> int:
+    """Seeds per arm for a 95% interval of half-width ``target``, projected from one of ``seeds`` seeds.
+
+    The half-width shrinks as 1/sqrt(seeds) when the seed-to-seed variation of training dominates the
+    interval (the problems are the same for every seed, so more seeds do not shrink their part); the
+    projection is then ``ceil(seeds · (half-width / target)²)``, and at least ``seeds``. An estimate
+    from S seeds is itself rough: a planning number, not a guarantee.
+    """
+    half = (ci[1] - ci[0]) / 2
+    return max(seeds, math.ceil(seeds * (half / target) ** 2 - 1e-9))
+
+
+def verdict(name: str, baseline: str, delta: float, ci: Sequence[float], unit: float = 100.0, seeds: int | None = None) -> str:
+    """One sentence from a paired difference: better, worse, or no difference resolved at this budget.
+
+    With ``seeds`` (per arm), an unresolved verdict also says the half-width this budget resolves and the
+    seeds per arm projected to resolve :data:`TARGET_RESOLUTION` (:func:`seeds_to_resolve`).
+    """
     lo, hi = ci
     d, a, b = delta * unit, lo * unit, hi * unit
     text = f"{d:+.1f} points avg@n vs {baseline} (95% CI [{a:+.1f}, {b:+.1f}])"
@@ -91,4 +112,10 @@ def verdict(name: str, baseline: str, delta: float, ci: Sequence[float], unit: f
         return f"**{name} beats {baseline}**: {text}."
     if hi < 0:
         return f"**{name} is worse than {baseline}**: {text}."
-    return f"**{name}: no difference from {baseline} resolved** at this budget: {text}; the interval includes 0."
+    out = f"**{name}: no difference from {baseline} resolved** at this budget: {text}; the interval includes 0"
+    if seeds is not None:
+        need = seeds_to_resolve(ci, seeds)
+        out += f"; it resolves ±{(hi - lo) / 2 * unit:.1f} points with {seeds} seed(s)"
+        if need > seeds:
+            out += f", ±{TARGET_RESOLUTION * unit:.0f} would take about {need} seeds per arm (projected from this spread)"
+    return out + "."
