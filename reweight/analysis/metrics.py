@@ -38,8 +38,9 @@ METRIC_NAMES = ("logp_base", "logp_rl", "delta_logp", "entropy_base", "entropy_r
 # rows against one big matmul and 50% at 128 rows, so the budget is not made smaller for memory's sake.
 DEFAULT_CHUNK_BYTES = 64 * 2**20
 # On a GPU: at most this per ``(chunk, vocab)`` buffer (and at most 1/16 of the free memory). Large chunks keep
-# the LM-head matmul efficient and the launches few; at a 151,936-token vocabulary 1 GiB is 1,766 positions.
-GPU_CHUNK_BYTES = 2**30
+# the LM-head matmul efficient and the launches few; at a 151,936-token vocabulary 512 MiB is 883 positions,
+# a matmul of 883 x hidden x 151,936, and the two live blocks stay ~1 GiB (naive logits of 4 x 4096 tokens: 57 GB).
+GPU_CHUNK_BYTES = 2**29
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -354,6 +355,7 @@ def _fused_chunks(fused, hidden_b, hidden_r, targets, head_b, head_r, temperatur
         logits_b = _head_logits(hidden_b[part], head_b[0], out=None if buf_b is None else buf_b[rows])
         logits_r = _head_logits(hidden_r[part], head_r[0], out=None if buf_r is None else buf_r[rows])
         values[:, part] = fused(logits_b, logits_r.to(device), targets[part], bias_b, bias_r, float(temperature))
+        del logits_b, logits_r  # without reused buffers, free both blocks before the next chunk allocates its own
     return values
 
 
