@@ -149,13 +149,18 @@ def _head_logits(hidden: torch.Tensor, weight: torch.Tensor, out: torch.Tensor |
     return hidden.float() @ weight.float().t()
 
 
-def _log_probs(hidden: torch.Tensor, weight, bias, temperature: float) -> torch.Tensor:
-    """fp32 log-softmax of ``(hidden @ weight.T + bias) / T``: ``(chunk, vocab_limit)``."""
-    logits = _head_logits(hidden, weight)
+def _log_probs(hidden: torch.Tensor, weight, bias, temperature: float, out: torch.Tensor | None = None) -> torch.Tensor:
+    """fp32 log-softmax of ``(hidden @ weight.T + bias) / T``: ``(chunk, vocab_limit)``.
+
+    With ``out`` (a ``(chunk, vocab_limit)`` fp32 buffer, fp32 weights) every step writes into it in place.
+    """
+    logits = _head_logits(hidden, weight, out=out)
     if bias is not None:
         logits += bias.float()
     if temperature != 1.0:
         logits /= temperature
+    if out is not None and logits.data_ptr() == out.data_ptr():
+        return torch.log_softmax(logits, dim=-1, out=logits)  # row by row: each row is read before it is written
     return torch.log_softmax(logits, dim=-1)
 
 
@@ -171,6 +176,7 @@ def chunk_metrics(
     head_base: tuple[torch.Tensor, torch.Tensor | None],
     head_rl: tuple[torch.Tensor, torch.Tensor | None],
     temperature: float,
+    buffers: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """All metrics for one chunk of positions, eagerly (the path without ``torch.compile``).
 
@@ -179,16 +185,19 @@ def chunk_metrics(
         targets: ``(chunk,)`` the token ids being predicted.
         head_base, head_rl: (weight ``(vocab, hidden)``, bias or None) from :func:`_head`.
         temperature: sampling temperature T.
+        buffers: three ``(chunk, vocab)`` fp32 blocks to compute in (on a CPU, where a fresh 64 MiB block
+            costs more in page faults than the operation writing it); None allocates them.
 
     Returns:
         ``{name: (chunk,) fp32}`` for every name in :data:`METRIC_NAMES`.
     """
-    logp_b = _log_probs(hidden_base, *head_base, temperature)
-    logp_r = _log_probs(hidden_rl.to(logp_b.device), *head_rl, temperature).to(logp_b.device)
+    buf_b, buf_r, buf_p = buffers if buffers is not None else (None, None, None)
+    logp_b = _log_probs(hidden_base, *head_base, temperature, out=buf_b)
+    logp_r = _log_probs(hidden_rl.to(logp_b.device), *head_rl, temperature, out=buf_r).to(logp_b.device)
     idx = targets.to(logp_b.device).unsqueeze(1)
     tok_b, tok_r = logp_b.gather(1, idx).view(-1), logp_r.gather(1, idx).view(-1)
     # Three (chunk, vocab) buffers in all, reused in place: logp_b, logp_r and p.
-    p = logp_b.exp()
+    p = logp_b.exp() if buf_p is None else torch.exp(logp_b, out=buf_p)
     entropy_b = -_dot(p, logp_b)
     log_ratio = logp_b.sub_(logp_r)  # (chunk, vocab): log π_Base − log π_RL, overwriting logp_b
     kl_br = _dot(p, log_ratio)
@@ -328,11 +337,20 @@ def _run_compiled(logits_base, logits_rl, targets, bias_base, bias_rl, temperatu
 
 
 def _eager_chunks(hidden_b, hidden_r, targets, head_b, head_r, temperature: float, step: int) -> torch.Tensor:
-    """:func:`chunk_metrics` over chunks of ``step`` positions: ``(n, hidden)`` x2, ``(n,)`` -> ``(7, n)`` fp32."""
-    values = torch.empty((len(METRIC_NAMES), targets.numel()), dtype=torch.float32, device=hidden_b.device)
-    for start in range(0, targets.numel(), step):
+    """:func:`chunk_metrics` over chunks of ``step`` positions: ``(n, hidden)`` x2, ``(n,)`` -> ``(7, n)`` fp32.
+
+    On a CPU with fp32 heads its three ``(step, vocab)`` blocks are allocated once and reused.
+    """
+    n, device = targets.numel(), hidden_b.device
+    blocks = None
+    if device.type == "cpu" and head_b[0].dtype == head_r[0].dtype == torch.float32:  # reused by every chunk
+        blocks = [torch.empty((min(step, n), head_b[0].shape[0]), dtype=torch.float32) for _ in range(3)]
+    values = torch.empty((len(METRIC_NAMES), n), dtype=torch.float32, device=device)
+    for start in range(0, n, step):
         part = slice(start, start + step)
-        chunk = chunk_metrics(hidden_b[part], hidden_r[part], targets[part], head_b, head_r, temperature)
+        rows = min(step, n - start)
+        buffers = None if blocks is None else tuple(b[:rows] for b in blocks)
+        chunk = chunk_metrics(hidden_b[part], hidden_r[part], targets[part], head_b, head_r, temperature, buffers)
         values[:, part] = torch.stack([chunk[name] for name in METRIC_NAMES])
     return values
 
