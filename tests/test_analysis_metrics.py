@@ -139,6 +139,9 @@ def test_chunk_math_on_sharp_logits_with_bias_matches_float64(temperature):
     }
     eager = chunk_metrics(hidden_b, hidden_r, targets, (w_b, bias_b), (w_r, bias_r), temperature)
     runs["chunk_eager"] = torch.stack([eager[k] for k in METRIC_NAMES])
+    blocks = tuple(torch.full((n, V), float("nan")) for _ in range(3))  # the CPU path's reused blocks
+    in_place = chunk_metrics(hidden_b, hidden_r, targets, (w_b, bias_b), (w_r, bias_r), temperature, blocks)
+    assert all(torch.equal(in_place[k], eager[k]) for k in METRIC_NAMES)  # same operations, same bits
     for name, got in runs.items():
         assert got.shape == (len(METRIC_NAMES), n) and got.dtype == torch.float32
         for i, k in enumerate(METRIC_NAMES):
@@ -168,6 +171,26 @@ def test_eager_fallback_only_without_compiler_and_said_once(tiny_pair, monkeypat
         token_metrics(base, rl, **kw, compiled=True)
     with pytest.raises(ValueError, match="compiled"):
         token_metrics(base, rl, **kw, compiled="yes")
+
+
+@needs_compiler
+def test_short_last_chunks_reuse_the_compiled_graph(tiny_pair):
+    """The number of positions is dynamic: new batch sizes and short last chunks compile nothing new."""
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    tok, base, rl = tiny_pair
+    graphs = lambda: len(_debug_get_cache_entry_list(fused_metrics.__code__))  # noqa: E731
+    seqs, plens = random_batch(len(tok), seed=31)
+    ids, attn, resp, _ = pad_batch(seqs, plens, "right", pad_id=tok.pad_token_id)
+    token_metrics(base, rl, input_ids=ids, attention_mask=attn, response_mask=resp, chunk_size=8, compiled=True)
+    before = graphs()
+    for chunk, rows in ((8, 3), (11, 4), (13, 2)):  # 35, 35 and 22 positions: last chunks of 3, 2 and 9 rows
+        kw = dict(input_ids=ids[:rows], attention_mask=attn[:rows], response_mask=resp[:rows])
+        out = token_metrics(base, rl, **kw, chunk_size=chunk, compiled=True)
+        want = token_metrics(base, rl, **kw, compiled=False)
+        for k in METRIC_NAMES:
+            torch.testing.assert_close(out[k], want[k], atol=1e-5, rtol=1e-6)
+    assert graphs() == before
 
 
 @needs_compiler
