@@ -181,8 +181,8 @@ def clip_settings(config: Any) -> tuple[float, float, float]:
 def _masked_metrics(mask, negative_approx_kl, clipped, clipped_lower, prob, weights) -> torch.Tensor:
     """verl's three surrogate metrics and our six weight statistics over response tokens, as one float32 ``(9,)``.
 
-    Masked sums are dot products with the float mask and counts are sums of boolean ``&``: no
-    ``(batch, response_len)`` float temporaries beyond the mask itself (inputs are finite: log-ratios
+    Masked sums are dot products with the float mask and counts are ``count_nonzero`` of boolean ``&``:
+    no ``(batch, response_len)`` float temporaries beyond the mask itself (inputs are finite: log-ratios
     are clamped, probabilities and weights bounded).
 
     Args:
@@ -191,8 +191,11 @@ def _masked_metrics(mask, negative_approx_kl, clipped, clipped_lower, prob, weig
         prob, weights: p and w of each token. All ``(batch, response_len)``.
     """
     flat = mask.reshape(-1).float()
-    count = flat.sum()
+    count = torch.count_nonzero(mask).float()
     denom = count + 1e-8  # verl's masked_mean
+
+    def tally(flags: torch.Tensor) -> torch.Tensor:  # counted without converting the booleans to a wider type
+        return torch.count_nonzero(flags & mask).float()
 
     def dot(x: torch.Tensor) -> torch.Tensor:
         return torch.dot(x.reshape(-1).float(), flat)
@@ -201,15 +204,15 @@ def _masked_metrics(mask, negative_approx_kl, clipped, clipped_lower, prob, weig
     inf = torch.finfo(torch.float32).max
     return torch.stack(
         [
-            (clipped & mask).sum() / denom,
+            tally(clipped) / denom,
             -dot(negative_approx_kl) / denom,
-            (clipped_lower & mask).sum() / denom,
+            tally(clipped_lower) / denom,
             count,
             dot(prob),
             dot(w),
             torch.where(mask, w, inf).amin(),
             torch.where(mask, w, -inf).amax(),
-            ((prob < LOW_PROB_THRESHOLD) & mask).sum().float(),
+            tally(prob < LOW_PROB_THRESHOLD),
         ]
     ).float()
 
