@@ -311,7 +311,8 @@ def _fused_runner(device: torch.device, compiled: bool | None):
         if device.type not in _warned_eager:
             _warned_eager.add(device.type)
             warnings.warn(
-                f"token_metrics runs its per-chunk metrics eagerly on {device.type}, several times slower: {reason}",
+                f"token_metrics computes its per-chunk metrics eagerly on {device.type} (that math runs several times "
+                f"slower than compiled): {reason}",
                 RuntimeWarning,
                 stacklevel=3,
             )
