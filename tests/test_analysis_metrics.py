@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
 
-from reweight.analysis import METRIC_NAMES, token_metrics
+import reweight.analysis.metrics as metrics
+from reweight.analysis import METRIC_NAMES, auto_chunk_size, compile_unavailable, token_metrics
 from reweight.analysis.memory import peak_allocated_bytes
+from reweight.analysis.metrics import DEFAULT_CHUNK_BYTES, chunk_metrics, fused_metrics
 from reweight.tiny import build_model
 
 
@@ -71,26 +74,139 @@ def unpad(out, i, off, length):
     return {k: v[i, off : off + length] for k, v in out.items()}
 
 
+# fp32 against float64: absolute where values are O(1), relative where they are large (entropies, log-probs).
+TOL = dict(atol=1e-5, rtol=1e-6)
+needs_compiler = pytest.mark.skipif(compile_unavailable("cpu") is not None, reason="torch.compile has no C++ compiler here")
+COMPILED_AND_EAGER = [pytest.param(True, marks=needs_compiler, id="compiled"), pytest.param(False, id="eager")]
+
+
+@pytest.mark.parametrize("compiled", COMPILED_AND_EAGER)
 @pytest.mark.parametrize("side", ["left", "right"])
 @pytest.mark.parametrize("temperature", [1.0, 0.6])
-def test_matches_float64_reference(tiny_pair, side, temperature):
+def test_matches_float64_reference(tiny_pair, side, temperature, compiled):
     tok, base, rl = tiny_pair
     seqs, plens = random_batch(len(tok))
     ids, attn, resp, offs = pad_batch(seqs, plens, side, pad_id=tok.pad_token_id)
     out = token_metrics(
-        base, rl, input_ids=ids, attention_mask=attn, response_mask=resp, temperature=temperature, chunk_size=5
-    )
+        base, rl, input_ids=ids, attention_mask=attn, response_mask=resp, temperature=temperature, chunk_size=5,
+        compiled=compiled,
+    )  # fmt: skip
     assert set(out) == set(METRIC_NAMES)
     ref = naive_reference(base, rl, seqs, plens, temperature)
     for i, (s, off) in enumerate(zip(seqs, offs)):
         got = unpad(out, i, off, len(s))
         for k in METRIC_NAMES:
-            torch.testing.assert_close(got[k].double(), ref[i][k], atol=1e-5, rtol=0, msg=f"{k} seq {i}")
+            torch.testing.assert_close(got[k].double(), ref[i][k], **TOL, msg=f"{k} seq {i}")
     # outside the response everything is 0, including padding
     for k in METRIC_NAMES:
         assert (out[k][resp == 0] == 0).all()
     # the models differ, so the metrics are not trivially zero
     assert out["kl_rl_base"][resp == 1].min() > 0 and out["delta_logp"][resp == 1].abs().max() > 1e-3
+
+
+def textbook_from_logits(logits_b, logits_r, targets, temperature):
+    """The seven metrics from two ``(n, V)`` logit blocks, float64, written out directly: ``{name: (n,)}``."""
+    lb = torch.log_softmax(logits_b.double() / temperature, -1)
+    lr = torch.log_softmax(logits_r.double() / temperature, -1)
+    pb, pr = lb.exp(), lr.exp()
+    tb, tr = lb[torch.arange(len(targets)), targets], lr[torch.arange(len(targets)), targets]
+    return {
+        "logp_base": tb, "logp_rl": tr, "delta_logp": tr - tb,
+        "entropy_base": -(pb * lb).sum(-1), "entropy_rl": -(pr * lr).sum(-1),
+        "kl_rl_base": (pr * (lr - lb)).sum(-1), "kl_base_rl": (pb * (lb - lr)).sum(-1),
+    }  # fmt: skip
+
+
+@needs_compiler
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_chunk_math_on_sharp_logits_with_bias_matches_float64(temperature):
+    """Large, peaked logits with an LM-head bias and a 3001-token vocabulary: the compiled fused body, the same
+    body run eagerly, and the eager chunk path all equal the float64 textbook formulas."""
+    g = torch.Generator().manual_seed(21)
+    n, H, V = 37, 32, 3001
+    hidden_b, hidden_r = torch.randn(n, H, generator=g), torch.randn(n, H, generator=g)
+    w_b = torch.randn(V, H, generator=g) * 2.5  # logits with std ~14: peaked rows, log-probs down to -100s
+    w_r = w_b + 0.3 * torch.randn(V, H, generator=g)
+    bias_b, bias_r = torch.randn(V, generator=g) + 30.0, torch.randn(V, generator=g) - 20.0  # offsets cancel
+    targets = torch.randint(0, V, (n,), generator=g)
+    logits_b, logits_r = hidden_b @ w_b.t(), hidden_r @ w_r.t()
+    want = textbook_from_logits(logits_b.double() + bias_b.double(), logits_r.double() + bias_r.double(), targets, temperature)
+    assert want["entropy_base"].min() < 0.5 < want["entropy_base"].max()  # some peaked rows, some spread ones
+    compiled = metrics._fused_runner(torch.device("cpu"), True)
+    runs = {
+        "compiled": compiled(logits_b, logits_r, targets, bias_b, bias_r, temperature),
+        "fused_eager": fused_metrics(logits_b, logits_r, targets, bias_b, bias_r, temperature),
+    }
+    eager = chunk_metrics(hidden_b, hidden_r, targets, (w_b, bias_b), (w_r, bias_r), temperature)
+    runs["chunk_eager"] = torch.stack([eager[k] for k in METRIC_NAMES])
+    blocks = tuple(torch.full((n, V), float("nan")) for _ in range(3))  # the CPU path's reused blocks
+    in_place = chunk_metrics(hidden_b, hidden_r, targets, (w_b, bias_b), (w_r, bias_r), temperature, blocks)
+    assert all(torch.equal(in_place[k], eager[k]) for k in METRIC_NAMES)  # same operations, same bits
+    for name, got in runs.items():
+        assert got.shape == (len(METRIC_NAMES), n) and got.dtype == torch.float32
+        for i, k in enumerate(METRIC_NAMES):
+            # fp32 logits up to ~70 in size round by ~4e-6 each; values up to ~130 (log-probs, KLs) need a relative term
+            torch.testing.assert_close(got[i].double(), want[k], atol=2e-5, rtol=2e-6, msg=f"{name} {k}")
+    assert (runs["compiled"][5:] > -1e-4).all()  # KLs stay (numerically) non-negative
+
+
+@needs_compiler
+def test_eager_fallback_only_without_compiler_and_said_once(tiny_pair, monkeypatch):
+    tok, base, rl = tiny_pair
+    seqs, plens = random_batch(len(tok), seed=4)
+    ids, attn, resp, _ = pad_batch(seqs, plens, "left", pad_id=tok.pad_token_id)
+    kw = dict(input_ids=ids, attention_mask=attn, response_mask=resp, chunk_size=6)
+    want = token_metrics(base, rl, **kw, compiled=True)
+    monkeypatch.setattr(metrics, "compile_unavailable", lambda device: "no C++ compiler found (test)")
+    monkeypatch.setattr(metrics, "_warned_eager", set())
+    with pytest.warns(RuntimeWarning, match="eagerly on cpu.*no C.. compiler found"):
+        first = token_metrics(base, rl, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once per process, not once per batch
+        second = token_metrics(base, rl, **kw)
+    for k in METRIC_NAMES:
+        torch.testing.assert_close(first[k], want[k], atol=1e-5, rtol=1e-6)
+        assert torch.equal(first[k], second[k])
+    with pytest.raises(RuntimeError, match=r"compiled=True.*no C\+\+ compiler"):
+        token_metrics(base, rl, **kw, compiled=True)
+    with pytest.raises(ValueError, match="compiled"):
+        token_metrics(base, rl, **kw, compiled="yes")
+
+
+@needs_compiler
+def test_short_last_chunks_reuse_the_compiled_graph(tiny_pair):
+    """The number of positions is dynamic: new batch sizes and short last chunks compile nothing new."""
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    tok, base, rl = tiny_pair
+    graphs = lambda: len(_debug_get_cache_entry_list(fused_metrics.__code__))  # noqa: E731
+    seqs, plens = random_batch(len(tok), seed=31)
+    ids, attn, resp, _ = pad_batch(seqs, plens, "right", pad_id=tok.pad_token_id)
+    token_metrics(base, rl, input_ids=ids, attention_mask=attn, response_mask=resp, chunk_size=8, compiled=True)
+    before = graphs()
+    for chunk, rows in ((8, 3), (11, 4), (13, 2)):  # 35, 35 and 22 positions: last chunks of 3, 2 and 9 rows
+        kw = dict(input_ids=ids[:rows], attention_mask=attn[:rows], response_mask=resp[:rows])
+        out = token_metrics(base, rl, **kw, chunk_size=chunk, compiled=True)
+        want = token_metrics(base, rl, **kw, compiled=False)
+        for k in METRIC_NAMES:
+            torch.testing.assert_close(out[k], want[k], atol=1e-5, rtol=1e-6)
+    assert graphs() == before
+
+
+@needs_compiler
+def test_compile_unavailable_names_the_missing_compiler():
+    import torch._inductor.config as inductor_config
+
+    assert compile_unavailable("cpu") is None  # this machine has one (the compiled tests above ran)
+    with inductor_config.patch({"cpp.cxx": ("no-such-c++-compiler-h11",)}):
+        assert "C++ compiler" in compile_unavailable("cpu")
+    assert "cpu and cuda only" in compile_unavailable("meta")
+
+
+def test_auto_chunk_size_budget_per_device():
+    assert auto_chunk_size(32768) == DEFAULT_CHUNK_BYTES // (4 * 32768) == auto_chunk_size(32768, device="cpu")
+    assert auto_chunk_size(1000, chunk_bytes=4000 * 7) == 7
+    assert auto_chunk_size(10**9) == 1
 
 
 def test_chunk_size_and_padding_side_do_not_change_results(tiny_pair):
@@ -203,3 +319,28 @@ def test_bf16_on_gpu_agrees_with_fp32_on_cpu(tiny_pair):
     got = token_metrics(gb, gr, input_ids=ids.cuda(), attention_mask=attn.cuda(), response_mask=resp.cuda(), chunk_size=4)
     for k in METRIC_NAMES:
         torch.testing.assert_close(got[k].cpu(), want[k], atol=0.05, rtol=0.02, msg=k)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "eager"])
+def test_fp32_on_gpu_matches_float64_reference(tiny_pair, compiled):
+    """The compiled (Triton) and eager paths on a GPU, fp32 weights, against the float64 CPU reference."""
+    tok, base, rl = tiny_pair
+    seqs, plens = random_batch(len(tok), seed=12)
+    ids, attn, resp, offs = pad_batch(seqs, plens, "right", pad_id=tok.pad_token_id)
+    gb, gr = (copy.deepcopy(m).cuda() for m in (base, rl))
+    out = token_metrics(
+        gb, gr, input_ids=ids.cuda(), attention_mask=attn.cuda(), response_mask=resp.cuda(), temperature=0.8,
+        chunk_size=7, compiled=compiled,
+    )  # fmt: skip
+    ref = naive_reference(base, rl, seqs, plens, 0.8)
+    for i, (s, off) in enumerate(zip(seqs, offs)):
+        got = unpad(out, i, off, len(s))
+        for k in METRIC_NAMES:
+            torch.testing.assert_close(got[k].cpu().double(), ref[i][k], atol=1e-4, rtol=1e-5, msg=f"{k} seq {i}")
+
+
+@pytest.mark.gpu
+def test_gpu_chunk_is_larger_than_the_cpu_one():
+    vocab = 151936
+    assert auto_chunk_size(vocab, device="cuda") > 4 * auto_chunk_size(vocab, device="cpu")

@@ -327,3 +327,47 @@ def test_reweight_loss_without_our_config_class_is_refused():
     old, cur, adv, mask = make_batch(seed=13)
     with pytest.raises(ValueError, match=r"policy_loss\._target_=reweight\.loss\.ReweightPolicyLossConfig"):
         compute_policy_loss_reweight(old, cur, adv, mask, config=actor_config(PolicyLossConfig(loss_mode="reweight")))
+
+
+# Added with the fused surrogate (the tests above are unchanged): the reweighted loss no longer calls verl's
+# vanilla function when w is not identically 1, so it is checked against it here, bit for bit where eager.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("loss_agg_mode", AGG_MODES)
+def test_eager_surrogate_is_verl_vanilla_at_weighted_advantages_bit_for_bit(loss_agg_mode, dtype):
+    old, cur, adv, mask = make_batch(batch=8, length=13, dtype=dtype, seed=21)
+    cur = cur.clone()
+    cur[:, ::3] = 0.0  # ratios up to e^4, past clip_ratio_c, so the dual clip applies too
+    is_w = (torch.rand(old.shape, generator=torch.Generator().manual_seed(22)) + 0.5).to(dtype)
+    info = dict(dp_size=2, batch_num_tokens=2 * int(mask.sum()), global_batch_size=16)
+    cfg = actor_config(ReweightPolicyLossConfig(scheme="middle", alpha=0.3, apply_to="negative"), loss_agg_mode, **info)
+    ours = loss_and_grad(compute_policy_loss_reweight, old, cur, adv, mask, cfg, is_w)
+    w = torch.where(adv < 0, token_weights(old.exp(), "middle", 0.3), torch.ones_like(old))
+    theirs = loss_and_grad(compute_policy_loss_vanilla, old, cur, adv * w, mask, actor_config(PolicyLossConfig(), loss_agg_mode, **info), is_w)
+    assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1])
+    for key in ("actor/pg_clipfrac", "actor/ppo_kl", "actor/pg_clipfrac_lower"):
+        # verl sums in the input dtype, we in float32
+        assert ours[2][key] == pytest.approx(theirs[2][key], rel=1e-5 if dtype != torch.bfloat16 else 2e-2, abs=1e-6), key
+    assert 0 < ours[2]["actor/pg_clipfrac"] < 1 and 0 < ours[2]["actor/pg_clipfrac_lower"] < 1  # both clip regions hit
+
+
+@pytest.mark.parametrize(
+    "loss_agg_mode,scheme,apply_to,with_is_weights",
+    [("token-mean", "low_prob", "all", True), ("seq-mean-token-sum", "focal", "positive", True),
+     ("seq-mean-token-mean", "normalize", "all", False), ("seq-mean-token-sum-norm", "dominate", "negative", True),
+     ("token-sum", "middle", "all", False)],
+)  # fmt: skip
+def test_compiled_surrogate_equals_eager(loss_agg_mode, scheme, apply_to, with_is_weights):
+    """actor.use_torch_compile: weighting, surrogate, metrics and backward compiled together give the eager values."""
+    old, cur, adv, mask = make_batch(batch=7, length=29, seed=23)
+    is_w = torch.rand(old.shape, generator=torch.Generator().manual_seed(24)) + 0.5 if with_is_weights else None
+    info = dict(dp_size=2, batch_num_tokens=2 * int(mask.sum()), global_batch_size=14)
+    policy_loss = ReweightPolicyLossConfig(scheme=scheme, alpha=0.4, apply_to=apply_to)
+    eager = loss_and_grad(compute_policy_loss_reweight, old, cur, adv, mask, actor_config(policy_loss, loss_agg_mode, **info), is_w)
+    fused = loss_and_grad(
+        compute_policy_loss_reweight, old, cur, adv, mask, actor_config(policy_loss, loss_agg_mode, compile=True, **info), is_w
+    )
+    torch.testing.assert_close(fused[0], eager[0], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(fused[1], eager[1], rtol=1e-6, atol=1e-7)
+    assert fused[2].keys() == eager[2].keys()
+    for key, value in eager[2].items():
+        assert fused[2][key] == pytest.approx(value, rel=1e-5, abs=1e-7), key

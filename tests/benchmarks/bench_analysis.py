@@ -7,10 +7,14 @@ Measures, on one batch and in one run (repeats interleaved, medians reported):
 
 * ``plain``: two teacher-forced forwards, ``model(input_ids).logits`` for the base and the RL model – the
   floor of the work (it computes the logits but no softmax, entropy or KL);
-* ``chunked``: :func:`token_metrics` (all seven metrics, exact, full vocabulary);
+* ``chunked``: :func:`token_metrics` (all seven metrics, exact, full vocabulary), its default path: the
+  per-chunk metrics compiled (``torch.compile``) where a compiler is available;
+* ``chunked_eager``: the same with ``compiled=False``, the path taken without a compiler (``--skip-eager`` drops it);
 * ``naive``: full materialisation – both models' ``(batch, seq, vocab)`` fp32 log-softmax, then the metrics.
 
-Reports tokens/s for each, the ratio chunked ÷ plain (target ≥ 0.8), and peak memory of chunked vs naive.
+Reports tokens/s for each, the ratios chunked ÷ plain and chunked_eager ÷ plain (throughput; target ≥ 0.8),
+peak memory of chunked vs naive (target ≤ 1/20 at scale), the one-off compile time (the first call), and the
+device (CPU model and threads, or the CUDA device) with the torch version.
 Models are random Qwen2 architectures from :func:`reweight.tiny.build_model` (speed does not depend on weights).
 """
 
@@ -18,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import statistics
 import time
 
@@ -57,6 +63,19 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
+def describe_device(device: torch.device) -> str:
+    """The CUDA device's name, or the CPU's model name with its core count and torch's thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"CPU {model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
 def timed(fn, device):
     sync(device)
     t = time.perf_counter()
@@ -79,6 +98,7 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--skip-naive", action="store_true", help="when the naive version would not fit in memory")
+    p.add_argument("--skip-eager", action="store_true", help="do not time the eager (compiled=False) path")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -93,16 +113,17 @@ def main() -> None:
     resp = torch.zeros_like(ids)
     resp[:, args.prompt :] = 1
 
-    runs = {
-        "plain": lambda: plain_forwards(base, rl, ids),
-        "chunked": lambda: token_metrics(
-            base, rl, input_ids=ids, attention_mask=attn, response_mask=resp, chunk_size=args.chunk_size
-        ),
-    }
+    def chunked(compiled):
+        return lambda: token_metrics(
+            base, rl, input_ids=ids, attention_mask=attn, response_mask=resp, chunk_size=args.chunk_size, compiled=compiled
+        )
+
+    runs = {"plain": lambda: plain_forwards(base, rl, ids), "chunked": chunked(None)}
+    if not args.skip_eager:
+        runs["chunked_eager"] = chunked(False)
     if not args.skip_naive:
         runs["naive"] = lambda: naive_metrics(base, rl, ids, resp)
-    for fn in runs.values():  # warm-up
-        fn()
+    first_call_s = {k: timed(fn, device) for k, fn in runs.items()}  # warm-up; includes compiling
     times: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(args.repeats):  # interleaved, so load drift hits every variant alike
         for k, fn in runs.items():
@@ -114,15 +135,19 @@ def main() -> None:
         a, b = runs["chunked"](), runs["naive"]()
         err = max((a[k][:, 1:] - b[k].float()).abs().max().item() for k in b)
     result = {
-        "device": str(torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"),
-        "threads": args.threads if device.type == "cpu" else None,
+        "device": describe_device(device),
+        "torch": torch.__version__,
         "config": {k: getattr(args, k) for k in ("hidden", "layers", "heads", "vocab", "batch", "seq", "prompt", "chunk_size")},
         "dtype": str(dtype),
+        "repeats": args.repeats,
+        "first_call_s": first_call_s,
         "median_s": med,
         "tokens_per_s": {k: tokens / v for k, v in med.items()},
         "chunked_over_plain": med["plain"] / med["chunked"],
         "peak_mb": {k: v / 2**20 for k, v in peaks.items()},
     }
+    if "chunked_eager" in runs:
+        result["chunked_eager_over_plain"] = med["plain"] / med["chunked_eager"]
     if "naive" in runs:
         result["chunked_speedup_over_naive"] = med["naive"] / med["chunked"]
         result["naive_over_chunked_peak"] = peaks["naive"] / max(1, peaks["chunked"])
