@@ -151,15 +151,14 @@ def reweight_advantages(
     return advantages * weights.to(advantages.dtype), stats
 
 
-_compiled_reweight_advantages = None
+_COMPILED: dict[Any, Any] = {}
 
 
-def _fused_reweight_advantages():
-    """:func:`reweight_advantages` compiled into one fused kernel (lazily, once per process)."""
-    global _compiled_reweight_advantages
-    if _compiled_reweight_advantages is None:
-        _compiled_reweight_advantages = torch.compile(reweight_advantages, dynamic=True)
-    return _compiled_reweight_advantages
+def _compiled(fn):
+    """``fn`` under ``torch.compile`` (dynamic shapes; forward and backward), built lazily once per process."""
+    if fn not in _COMPILED:
+        _COMPILED[fn] = torch.compile(fn, dynamic=True)
+    return _COMPILED[fn]
 
 
 def weights_are_one(scheme: str, alpha: float) -> bool:
@@ -273,17 +272,6 @@ def reweighted_surrogate(
     return loss, values
 
 
-_compiled_surrogate = None
-
-
-def _fused_surrogate():
-    """:func:`reweighted_surrogate` compiled, forward and backward (lazily, once per process)."""
-    global _compiled_surrogate
-    if _compiled_surrogate is None:
-        _compiled_surrogate = torch.compile(reweighted_surrogate, dynamic=True)
-    return _compiled_surrogate
-
-
 def weight_metrics(stats: torch.Tensor | list[float]) -> dict[str, float]:
     """The ``actor/reweight/...`` metrics from :func:`reweight_advantages`' statistics (one host sync;
     none when given as a list already).
@@ -339,7 +327,7 @@ def compute_policy_loss_reweight(
     scheme, alpha, prob_source, apply_to = _settings(config)
     compiled = config.get("use_torch_compile", False)
     if not weights_are_one(scheme, alpha):
-        surrogate = _fused_surrogate() if compiled else reweighted_surrogate
+        surrogate = _compiled(reweighted_surrogate) if compiled else reweighted_surrogate
         loss, values = surrogate(
             old_log_prob, log_prob, advantages, response_mask, rollout_is_weights, scheme, alpha, prob_source,
             apply_to, clip_settings(config), loss_agg_mode, dict(config.global_batch_info),
@@ -349,7 +337,7 @@ def compute_policy_loss_reweight(
         metrics.update(weight_metrics(values[3:]))
         return loss, metrics
     # w ≡ 1: verl's own vanilla loss, untouched; only the probability statistics are ours.
-    weigh = _fused_reweight_advantages() if compiled else reweight_advantages
+    weigh = _compiled(reweight_advantages) if compiled else reweight_advantages
     weighted_advantages, stats = weigh(
         old_log_prob, log_prob, advantages, response_mask, scheme, alpha, prob_source, apply_to
     )

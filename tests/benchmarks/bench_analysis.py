@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 
 import torch
 
 from reweight.analysis import token_metrics
+from _device import describe_device  # tests/benchmarks/_device.py (run as a script: this folder is on sys.path)
 from reweight.analysis.memory import peak_allocated_bytes
 from reweight.tiny import build_model
 
@@ -61,19 +60,6 @@ def naive_metrics(base, rl, ids, resp, temperature=1.0):
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def describe_device(device: torch.device) -> str:
-    """The CUDA device's name, or the CPU's model name with its core count and torch's thread count."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
-    except OSError:
-        pass
-    return f"CPU {model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
 def timed(fn, device):

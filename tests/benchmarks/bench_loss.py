@@ -13,8 +13,6 @@ function, forward and backward), <= 1.05 eager (use_torch_compile=False).
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import time
 
@@ -23,6 +21,7 @@ from verl.trainer.ppo.core_algos import compute_policy_loss_vanilla
 from verl.workers.config import FSDPActorConfig, PolicyLossConfig
 
 from reweight.loss import ReweightPolicyLossConfig, compute_policy_loss_reweight
+from _device import describe_device  # tests/benchmarks/_device.py (run as a script: this folder is on sys.path)
 
 
 def config(policy_loss, use_torch_compile: bool = True) -> FSDPActorConfig:
@@ -32,19 +31,6 @@ def config(policy_loss, use_torch_compile: bool = True) -> FSDPActorConfig:
         clip_ratio_low=0.2, clip_ratio_high=0.28, clip_ratio_c=10.0, policy_loss=policy_loss,
     )
     return cfg
-
-
-def describe_device(device: torch.device) -> str:
-    """The CUDA device's name, or the CPU's model name with its core count and torch's thread count."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
-    except OSError:
-        pass
-    return f"CPU {model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
 def main() -> None:

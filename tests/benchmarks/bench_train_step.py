@@ -23,12 +23,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from _device import describe_device  # tests/benchmarks/_device.py (run as a script: this folder is on sys.path)
+
 VANILLA = (
     "actor_rollout_ref.actor.policy_loss._target_=verl.workers.config.PolicyLossConfig",
     "actor_rollout_ref.actor.policy_loss.loss_mode=vanilla",
     "~actor_rollout_ref.actor.policy_loss.scheme",
     "~actor_rollout_ref.actor.policy_loss.alpha",
     "~actor_rollout_ref.actor.policy_loss.prob_source",
+    "~actor_rollout_ref.actor.policy_loss.apply_to",
 )
 VAL_KEY = "val-core/synthetic_arith/acc/mean@1"
 
@@ -112,6 +115,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     out = args.out or Path(tempfile.mkdtemp(prefix="bench-"))
     result = step_ratio(out, args.steps, args.repeats) if args.what == "step-ratio" else embedded(out)
+    result["device"] = describe_device("cpu") + " (each training process: 1 torch thread)"
     print(json.dumps(result, indent=2))
     (out / f"{args.what}.json").write_text(json.dumps(result, indent=2))
 
