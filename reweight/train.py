@@ -143,7 +143,13 @@ def prepare(cfg: DictConfig, dry_run: bool = False, *, build_embedded: bool = Tr
         with _environment_kept():  # it exports VERL_PLATFORM=cpu for the run; a dry run leaves no trace
             prepare_cpu_backend(cfg)
     auto_set_device(cfg)
-    validate_config(config=cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
+    import warnings
+
+    with warnings.catch_warnings():
+        # verl warns that the critic is off whenever adv_estimator != gae: always so for DAPO (GRPO advantages),
+        # so it says nothing about the user's config; every other warning of validate_config is shown
+        warnings.filterwarnings("ignore", message="Disabled critic as algorithm.adv_estimator != gae")
+        validate_config(config=cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
 
 
 # ------------------------------------------------------------------------------------------ finish
@@ -430,6 +436,7 @@ def _train(cfg: DictConfig, metrics_path: str, verbose: bool = True) -> None:
                 printer.start()
                 try:
                     run_ppo(cfg, task_runner_class=task_runner_class())
+                    _stop_ray()  # while the output still goes to the log: Ray streams workers' last lines late
                 finally:
                     printer.stop()
         except BaseException:
@@ -437,6 +444,18 @@ def _train(cfg: DictConfig, metrics_path: str, verbose: bool = True) -> None:
             print("".join(_tail(log, 40)), file=sys.stderr, flush=True)
             raise
     print(summary(cfg, metrics_path, time.time() - t0), flush=True)
+
+
+def _stop_ray() -> None:
+    """Shut down the Ray that ``run_ppo`` started (or joined), if it is still up.
+
+    Ray forwards worker output to the driver asynchronously: lines a worker printed at the end (e.g. the
+    last checkpoint's "Saved model ..." of a second rank) reached the console after the summary.
+    """
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 def _tail(path: str, n: int) -> list[str]:
