@@ -15,7 +15,16 @@ import torch
 torch.set_num_threads(1)
 
 
+# Files whose tests train through Ray or share its session fixtures (the e2e assets, the smoke study, the
+# two-node cluster): one xdist worker runs them all, so each fixture is built once; every other file is one
+# group of its own (its module fixtures are built once too).
+TRAINING_FILES = ("test_e2e_cpu.py", "test_study.py", "test_launch_ray.py")
+
+
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        name = item.path.name
+        item.add_marker(pytest.mark.xdist_group("training" if name in TRAINING_FILES else name))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU; none on this machine")
