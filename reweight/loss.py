@@ -136,19 +136,29 @@ def reweight_advantages(
     mask = response_mask.bool()
     prob = sampled_token_prob(old_log_prob, log_prob, prob_source)
     weights = select_by_sign(token_weights(prob, scheme, alpha), advantages, apply_to)
-    inf = torch.finfo(torch.float32).max
+    return advantages * weights.to(advantages.dtype), weight_stats(mask, mask.reshape(-1).float(), prob, weights)
+
+
+def weight_stats(mask: torch.Tensor, flat_mask: torch.Tensor, prob: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """count, Σp, Σw, min w, max w, #(p < 0.5) over response tokens, as a float32 ``(6,)`` (no host sync).
+
+    Args: ``mask`` bool and ``prob`` / ``weights`` ``(batch, response_len)``; ``flat_mask`` the mask
+    flattened as float, ``(batch · response_len,)``. Masked sums are dot products with it and counts are
+    ``count_nonzero``: no ``(batch, response_len)`` float temporaries beyond ``w`` (min / max are
+    ±float32-max when there is no response token).
+    """
     p, w = prob.float(), weights.float()
-    stats = torch.stack(
+    inf = torch.finfo(torch.float32).max
+    return torch.stack(
         [
-            mask.sum().float(),
-            torch.where(mask, p, 0.0).sum(),
-            torch.where(mask, w, 0.0).sum(),
+            torch.count_nonzero(mask).float(),
+            torch.dot(p.reshape(-1), flat_mask),
+            torch.dot(w.reshape(-1), flat_mask),
             torch.where(mask, w, inf).amin(),
             torch.where(mask, w, -inf).amax(),
-            (mask & (p < LOW_PROB_THRESHOLD)).sum().float(),
+            torch.count_nonzero((p < LOW_PROB_THRESHOLD) & mask).float(),
         ]
     )
-    return advantages * weights.to(advantages.dtype), stats
 
 
 _COMPILED: dict[Any, Any] = {}
@@ -178,11 +188,7 @@ def clip_settings(config: Any) -> tuple[float, float, float]:
 
 
 def _masked_metrics(mask, negative_approx_kl, clipped, clipped_lower, prob, weights) -> torch.Tensor:
-    """verl's three surrogate metrics and our six weight statistics over response tokens, as one float32 ``(9,)``.
-
-    Masked sums are dot products with the float mask and counts are ``count_nonzero`` of boolean ``&``:
-    no ``(batch, response_len)`` float temporaries beyond the mask itself (inputs are finite: log-ratios
-    are clamped, probabilities and weights bounded).
+    """verl's three surrogate metrics, then :func:`weight_stats`, over response tokens: a float32 ``(9,)``.
 
     Args:
         mask: bool ``(batch, response_len)``; negative_approx_kl: clamped log π − log π_old;
@@ -190,30 +196,16 @@ def _masked_metrics(mask, negative_approx_kl, clipped, clipped_lower, prob, weig
         prob, weights: p and w of each token. All ``(batch, response_len)``.
     """
     flat = mask.reshape(-1).float()
-    count = torch.count_nonzero(mask).float()
-    denom = count + 1e-8  # verl's masked_mean
-
-    def tally(flags: torch.Tensor) -> torch.Tensor:  # counted without converting the booleans to a wider type
-        return torch.count_nonzero(flags & mask).float()
-
-    def dot(x: torch.Tensor) -> torch.Tensor:
-        return torch.dot(x.reshape(-1).float(), flat)
-
-    w = weights.float()
-    inf = torch.finfo(torch.float32).max
-    return torch.stack(
+    stats = weight_stats(mask, flat, prob, weights)
+    denom = stats[0] + 1e-8  # verl's masked_mean
+    surrogate = torch.stack(
         [
-            tally(clipped) / denom,
-            -dot(negative_approx_kl) / denom,
-            tally(clipped_lower) / denom,
-            count,
-            dot(prob),
-            dot(w),
-            torch.where(mask, w, inf).amin(),
-            torch.where(mask, w, -inf).amax(),
-            tally(prob < LOW_PROB_THRESHOLD),
+            torch.count_nonzero(clipped & mask).float() / denom,
+            -torch.dot(negative_approx_kl.reshape(-1).float(), flat) / denom,
+            torch.count_nonzero(clipped_lower & mask).float() / denom,
         ]
-    ).float()
+    )
+    return torch.cat([surrogate, stats])
 
 
 def reweighted_surrogate(
@@ -366,5 +358,6 @@ __all__ = [
     "reweight_advantages",
     "reweighted_surrogate",
     "weight_metrics",
+    "weight_stats",
     "weights_are_one",
 ]
