@@ -146,18 +146,16 @@ class HFRolloutServer:
     def _eos_ids(self, path: str) -> list[int]:
         """The stop ids of :func:`reweight.models.eos_token_ids`: the tokenizer's EOS (when ``path`` has a
         tokenizer) and the model config's and generation config's."""
-        from reweight.models import eos_token_ids
+        from reweight.models import eos_token_ids, load_tokenizer
 
         try:
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(path)
-        except Exception:  # a checkpoint without a tokenizer: the config's EOS ids only
+            tokenizer = load_tokenizer(path)
+        except FileNotFoundError:  # a checkpoint without a tokenizer: the config's EOS ids only
             tokenizer = None
-        ids = eos_token_ids(tokenizer, self.model)
-        if not ids:
-            raise ValueError(f"hf rollout: no eos_token_id in the config, generation config or tokenizer of {path}")
-        return ids
+        try:
+            return eos_token_ids(tokenizer, self.model, required=True)
+        except ValueError as e:
+            raise ValueError(f"hf rollout: {e} ({path})") from e
 
     def _new_batch(self) -> DecodeBatch:
         """An empty decode batch with this server's model, stop ids, padding, RNG and log-prob mode."""
