@@ -279,6 +279,46 @@ def test_rollout_server_generates_token_outputs_and_takes_weight_updates(tiny_mo
     assert torch.allclose(torch.tensor(after.log_probs), torch.full((len(after.log_probs),), -torch.log(torch.tensor(float(reference.config.vocab_size)))), atol=1e-5)
 
 
+def test_seed_by_prompt_draws_the_same_samples_however_requests_arrive(tiny_model_dir):
+    """engine_kwargs.hf.seed_by_prompt: the k-th request for a prompt at a step gets the same draws in
+    every run with the same seed (order, timing and request ids do not matter); other steps, k or seeds
+    draw afresh; a run whose weights moved a hair samples the same tokens (common random numbers)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from reweight.cpu.rollout import HFRolloutServer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    p, q = tok("Compute 3+4.")["input_ids"], tok("Compute 12*9.")["input_ids"]
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+
+    def server(seed=1):
+        cfg = {"prompt_length": 32, "response_length": 12, "seed": seed, "engine_kwargs": {"hf": {"seed_by_prompt": True}}}
+        return HFRolloutServer(cfg, {"local_path": tiny_model_dir}, num_threads=1)
+
+    async def run(srv, order, weights=None, global_steps=None):
+        if weights is not None:
+            await srv.load_weights(weights, global_steps=global_steps)
+
+        async def one(i, prompt):
+            await asyncio.sleep(0.002 * i)
+            out = await srv.generate(prompt, {"temperature": 1.0}, f"id-{i}-{id(srv)}")
+            return tuple(out.token_ids)
+
+        outs = await asyncio.gather(*[one(i, prompt) for i, prompt in enumerate(order)])
+        return {"p": sorted(o for o, x in zip(outs, order) if x is p), "q": sorted(o for o, x in zip(outs, order) if x is q)}
+
+    state = {n: t.detach().clone() for n, t in reference.named_parameters()}
+    nudged = {n: t * (1 + 1e-7) for n, t in state.items()}
+    a, b, other_seed, moved = server(), server(), server(seed=2), server()
+    first = asyncio.run(run(a, [p] * 4 + [q] * 4))
+    assert asyncio.run(run(b, [q, p] * 4)) == first  # other order, timing and ids: the same samples
+    assert len(set(first["p"])) > 1  # the 4 samples of one prompt are not one stream repeated
+    assert asyncio.run(run(other_seed, [p] * 4 + [q] * 4)) != first
+    assert asyncio.run(run(moved, [q, p] * 4, nudged, global_steps=0)) == first  # common random numbers
+    next_step = asyncio.run(run(a, [p] * 4 + [q] * 4, state, global_steps=1))
+    assert next_step != first  # a new step draws afresh, from the same weights
+
+
 def test_unfinished_callbacks_are_the_running_and_the_waiting_requests(lm):
     from reweight.cpu.generation import DecodeBatch, SamplingSpec
 

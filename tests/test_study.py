@@ -181,6 +181,7 @@ def test_cluster_dry_run_plans_one_slurm_job_per_run(tmp_path, capsys, monkeypat
         arm, seed = script.stem.rsplit("_s", 1)
         assert f"seed={seed}" in text and "--nodes=4" in text and "trainer.nnodes=4" in text
         assert str(out / "runs" / arm / f"s{seed}" / "checkpoints") in text
+        assert "seed_by_prompt" not in text  # paired sampling is the hf rollout's; vLLM runs sample on their own
     assert not (out / "study.json").exists() and not (out / "runs").exists()
 
 
@@ -237,6 +238,9 @@ def test_smoke_study_end_to_end(smoke_study):
     for arm in ("dapo", "low_prob"):
         curve = report["training"][arm]["1"]
         assert sorted(int(s) for s in curve["val_accuracy"]) == [0, 1, 2] and sorted(int(s) for s in curve["reward"]) == [1, 2]
+    # paired sampling (hf rollout): same seed, same weights before training -> the same validation samples
+    assert report["paired_sampling"] and "paired across arms" in md
+    assert report["training"]["dapo"]["1"]["val_accuracy"]["0"] == report["training"]["low_prob"]["1"]["val_accuracy"]["0"]
     # direction analysis, replacement ratios, extrapolation, support: present and computed
     assert report["analysis"]["dapo"]["n_tokens"] > 0 and report["analysis"]["low_prob"]["n_tokens"] > 0
     assert set(report["replacement"]["ratio"]) == {"logp_diff", "entropy", "kl", "random"}

@@ -21,6 +21,7 @@ The server runs on CUDA when its process sees a GPU, on CPU otherwise.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import threading
@@ -134,6 +135,10 @@ class HFRolloutServer:
         self.max_num_seqs = int(_get(config, "max_num_seqs", 1024) or 1024)
         self.full_determinism = bool(_get(config, "full_determinism", False))
         self.seed = int(_get(config, "seed", 42))
+        # engine_kwargs.hf.seed_by_prompt: see _prompt_seed
+        self.seed_by_prompt = bool(_get(_get(_get(config, "engine_kwargs", None), "hf", None), "seed_by_prompt", False))
+        self._prompt_counts: dict[bytes, int] = {}
+        self._prompt_counts_step: Optional[int] = None
         self.batch = self._new_batch()
         # The engine thread owns self.batch; requests reach it through _inbox, under _cond.
         self._cond = threading.Condition()
@@ -228,7 +233,9 @@ class HFRolloutServer:
         # seeded by (seed, request_id) -- verl then passes stable ids ("det-<index>") -- so its
         # tokens do not depend on how requests were batched or routed.
         row_seed = (sampling_params or {}).get("seed")
-        if row_seed is None and self.full_determinism:
+        if row_seed is None and self.seed_by_prompt:
+            row_seed = self._prompt_seed(prompt_ids)
+        elif row_seed is None and self.full_determinism:
             row_seed = self.seed * 1_000_003 + zlib.crc32(str(request_id).encode())
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
@@ -250,6 +257,26 @@ class HFRolloutServer:
             num_preempted=0,
             extra_fields={"global_steps": self.global_steps, "finish_reason": result.finish_reason},
         )
+
+    def _prompt_seed(self, prompt_ids: list[int]) -> int:
+        """The RNG seed of a request under ``engine_kwargs.hf.seed_by_prompt``.
+
+        It is a hash of (rollout seed, training step, prompt tokens, k), where k counts this step's
+        earlier requests with the same prompt: the i-th sample of a prompt at a step draws the same
+        random numbers in every run with the same seed, however requests are batched, routed or
+        ordered. Two runs that differ only in their loss therefore sample with common random numbers:
+        at step 1 (same weights) their rollouts are identical, and later a response changes only where
+        the policies' probabilities have moved enough to change a draw. Within a run the streams are
+        distinct (other step, prompt or k), so sampling is still independent across requests.
+        """
+        step = int(self.global_steps or 0)
+        if step != self._prompt_counts_step:
+            self._prompt_counts, self._prompt_counts_step = {}, step
+        key = b",".join(str(t).encode() for t in prompt_ids)
+        k = self._prompt_counts.get(key, 0)
+        self._prompt_counts[key] = k + 1
+        digest = hashlib.blake2b(f"{self.seed}:{step}:{k}:".encode() + key, digest_size=8).digest()
+        return int.from_bytes(digest, "little") % (2**63)
 
     def _engine_loop(self) -> None:
         """Engine thread: admit queued requests into the running batch, decode one token, repeat."""

@@ -40,11 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config-name", default="embedded", help="base training config (default: embedded)")
     p.add_argument("--arms", default=None, help=f"arm preset ({', '.join(ARM_PRESETS)}) or a YAML file NAME: [overrides]")
     p.add_argument("--arm", action="append", default=[], metavar="NAME=OVERRIDES", help="add or replace one arm (space-separated overrides)")
-    p.add_argument("--seeds", type=_ints, default=None, help="comma-separated seeds (default 1,2,3; --smoke 1)")
+    p.add_argument("--seeds", type=_ints, default=None, help="comma-separated seeds (default 1..10; --smoke 1)")
     p.add_argument("--steps", type=int, default=None, help="training steps of every run (default: the config's)")
     p.add_argument("--test-data", default=None, help="evaluation problems, verl parquet (default: the embedded test split)")
     p.add_argument("--n", type=int, default=None, help="samples per test problem (default 32; --smoke 4)")
     p.add_argument("--scorer", default=None, help="dapo (the training reward, default), verl or boxed")
+    p.add_argument("--independent-sampling", action="store_true",
+                   help="do not pair the runs' rollouts with common random numbers (hf rollout; see docs/study.md)")
     p.add_argument("--launch", default="local", choices=("local", "ray", "slurm"), help="where the training runs go")
     p.add_argument("--address", default=None, help="Ray cluster address (--launch ray)")
     p.add_argument("--nodes", type=int, default=None, help="nodes per run (--launch slurm)")
@@ -88,6 +90,8 @@ def spec_from_args(args: argparse.Namespace) -> StudySpec:
     for key, value in (("seeds", args.seeds), ("train_steps", args.steps), ("test_data", args.test_data), ("n", args.n), ("scorer", args.scorer)):
         if value is not None:
             changes[key] = value
+    if args.independent_sampling:
+        changes["paired_sampling"] = False
     for key, value in changes.items():
         setattr(spec, key, value)
     return spec

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from reweight.io import write_json_atomic
-from reweight.study.spec import BASELINE_ARM, StudyInputError, StudySpec
+from reweight.study.spec import BASELINE_ARM, PAIRED_SAMPLING, StudyInputError, StudySpec
 
 LAUNCHERS = ("local", "ray", "slurm")
 SEED_KEY = "seed"
@@ -153,6 +153,8 @@ class Study:
             if spec.train_steps is not None:
                 overrides.append(f"trainer.total_training_steps={spec.train_steps}")
             cfg = self._compose([*overrides, f"{SEED_KEY}={spec.seeds[0]}"], f"arm {arm!r} (overrides {arm_overrides})")
+            if spec.paired_sampling and str(cfg.actor_rollout_ref.rollout.name) == "hf":
+                overrides.append(PAIRED_SAMPLING)
             total = int(cfg.trainer.total_training_steps or 0)
             if total < 1:
                 raise StudyInputError(f"arm {arm!r}: trainer.total_training_steps must be set (got {total})")

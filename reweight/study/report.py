@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from reweight.io import save_figure_atomic, write_json_atomic, write_text_atomic
-from reweight.study.spec import BASELINE_ARM
+from reweight.study.spec import BASELINE_ARM, PAIRED_SAMPLING
 from reweight.study.stats import mean_ci, paired_difference, pass_at_k_matrix, results_matrix, seeds_to_resolve, verdict
 
 if TYPE_CHECKING:
@@ -347,7 +347,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "# Study report", "",
         f"Base config `{spec['config_name']}`; {len(spec['seeds'])} seed(s) per arm {spec['seeds']}; "
         f"test problems: {report['test_problems']} × n = {n} samples; scorer `{spec['scorer']}`. "
-        "Values in %, mean over seeds of the mean over problems, [95% bootstrap interval over problems and seeds].", "",
+        + ("Rollouts of the same seed paired across arms (common random numbers). " if report.get("paired_sampling") else "")
+        + "Values in %, mean over seeds of the mean over problems, [95% bootstrap interval over problems and seeds].", "",
         "## Accuracy (Table 1)", "",
         "| model | avg@" + str(n) + " | " + " | ".join(f"pass@{k}" for k in show_k) + " | Δ avg@n vs dapo (paired) |",
         "|---|---|" + "---|" * len(show_k) + "---|",
@@ -440,6 +441,8 @@ def build_report(study: "Study") -> dict[str, Any]:
         "extrapolation": extrapolation_section(study),
         "support": support_section(study),
         "support_k": study.spec.support_k or study.spec.n,
+        # whether the runs' rollouts were paired with common random numbers (hf rollout only)
+        "paired_sampling": any(o == PAIRED_SAMPLING for r in study.runs for o in r.overrides),
     }
 
 
