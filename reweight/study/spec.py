@@ -77,8 +77,8 @@ class StudySpec:
         overrides: Hydra overrides applied to every run, before the arm's own.
         arms: arm name → Hydra overrides; must contain ``dapo`` (the baseline of every comparison).
         seeds: values of the top-level ``seed`` key; every arm is trained once per seed. Default 1..10: on
-            the embedded task one run's final avg@n varies by about 3 points from seed to seed, so a paired
-            difference needs about 10 seeds per arm for a 95% interval of ±3 points (docs/study.md).
+            the embedded task one run's final avg@n varies by 2-3 points from seed to seed; with 10 seeds per
+            arm the default study resolves paired differences of ±2.0-2.5 points (docs/study.md).
         paired_sampling: on the ``hf`` rollout, sample every run with common random numbers
             (``rollout.engine_kwargs.hf.seed_by_prompt``): runs with the same seed draw the same random
             numbers for the same prompt at the same step, whatever their loss. Other rollouts ignore it.
