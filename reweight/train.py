@@ -75,10 +75,12 @@ def targets_cpu(cfg: DictConfig) -> bool:
     """Whether the config is meant for verl's CPU platform (explicitly, or by its CPU-only HF rollout)."""
     import os
 
+    from reweight.cpu.patches import ROLLOUT_NAME
+
     return (
         os.environ.get("VERL_PLATFORM", "").lower() == "cpu"
         or OmegaConf.select(cfg, "trainer.device") == "cpu"
-        or OmegaConf.select(cfg, "actor_rollout_ref.rollout.name") == "hf"
+        or OmegaConf.select(cfg, "actor_rollout_ref.rollout.name") == ROLLOUT_NAME
     )
 
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from reweight.cpu.patches import ROLLOUT_NAME
 from reweight.io import write_json_atomic
 from reweight.study.spec import BASELINE_ARM, PAIRED_SAMPLING, StudyInputError, StudySpec
 
@@ -153,7 +154,7 @@ class Study:
             if spec.train_steps is not None:
                 overrides.append(f"trainer.total_training_steps={spec.train_steps}")
             cfg = self._compose([*overrides, f"{SEED_KEY}={spec.seeds[0]}"], f"arm {arm!r} (overrides {arm_overrides})")
-            if spec.paired_sampling and str(cfg.actor_rollout_ref.rollout.name) == "hf":
+            if spec.paired_sampling and str(cfg.actor_rollout_ref.rollout.name) == ROLLOUT_NAME:
                 overrides.append(PAIRED_SAMPLING)
             total = int(cfg.trainer.total_training_steps or 0)
             if total < 1:
