@@ -164,17 +164,21 @@ def test_debug_variable_adds_the_traceback(env, capsys, monkeypatch):
     assert err.strip().splitlines()[-1] == "reweight-train: error: data.train_files='/nonexistent.parquet': file not found"
 
 
-def test_hub_ids_and_existing_checkpoint_dirs_are_accepted_without_the_hub(env):
+def test_hub_ids_and_existing_checkpoint_dirs_are_accepted_without_the_hub(env, capsys):
     from reweight.models import model_path_problem
 
     assert model_path_problem("Qwen/Qwen2.5-Math-7B") is None  # a hub id: left to its loader
     assert model_path_problem(str(env / "ckpt_dir")) is None  # any existing directory (e.g. a verl checkpoint)
     assert model_path_problem("hdfs://cluster/models/x") is None
     assert model_path_problem("embedded://model") is None
-    assert model_path_problem("ckpt_dir/missing") is not None  # first component is a local folder: a local path
-    assert model_path_problem("/abs/missing") is not None
-    assert model_path_problem("bare-name") is not None
-    assert model_path_problem("org/name/extra") is not None
+    missing = "no such file or directory (and not a Hugging Face hub id of the form org/name)"
+    # "ckpt_dir/missing": its first component is a local folder, so it is a missing local path
+    for path in ("ckpt_dir/missing", "/abs/missing", "bare-name", "org/name/extra"):
+        assert model_path_problem(path) == missing
+        # and every CLI's refusal names the key and the value (exit 2 through reweight.cli_errors)
+        assert _call("train", ["--dry-run", f"actor_rollout_ref.model.path={path}"]) == 2
+        line = capsys.readouterr().err.strip()
+        assert line == f"reweight-train: error: actor_rollout_ref.model.path={path!r}: {missing}", line
 
 
 # ------------------------------------------------------------------------------ the real console scripts
