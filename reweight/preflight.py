@@ -449,7 +449,7 @@ def build_verl_configs(cfg: DictConfig) -> dict[str, Any]:
     verl's workers and trainer build them; raises :class:`ConfigError` naming the key on verl's errors."""
     from verl.utils.config import omega_conf_to_dataclass
 
-    sections: dict[str, Any] = {f"{ACTOR}": _get(cfg, ACTOR), f"{ROLLOUT}": _get(cfg, ROLLOUT), "algorithm": _get(cfg, "algorithm")}
+    sections: dict[str, Any] = {ACTOR: _get(cfg, ACTOR), ROLLOUT: _get(cfg, ROLLOUT), "algorithm": _get(cfg, "algorithm")}
     if _uses_reference(cfg):
         sections[f"{AOR}.ref"] = _reference_section(cfg)
     built = {}
