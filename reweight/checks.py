@@ -9,6 +9,8 @@ lets through silently or only reports from inside a Ray worker, minutes into a j
   scheme/alpha/prob_source/apply_to), our config class with another loss_mode, bad
   scheme/alpha/prob_source/apply_to (e.g. scheme normalize with alpha 0), each error naming its key;
 - a loss_mode that is not registered in this process (our plugin did not load);
+- verl's own numeric settings, the rules between them and verl's config classes built as its workers
+  build them (:mod:`reweight.preflight`);
 - an unknown math scorer for our reward function (``reward.custom_reward_function.reward_kwargs.scorer``);
 - actor and rollout model configs that can disagree: ``actor_rollout_ref.model.override_config`` edits
   the actor's model only; vLLM starts from the checkpoint with ``rollout.engine_kwargs.vllm.hf_overrides``;
@@ -204,8 +206,11 @@ def check_model_config_agreement(cfg: DictConfig) -> None:
 
 def check_config(cfg: DictConfig) -> None:
     """All of the driver-side checks above, in order; raises :class:`ConfigError`."""
+    from reweight.preflight import check_verl_settings
+
     check_legacy_reward_keys(cfg)
     check_policy_loss(cfg)
+    check_verl_settings(cfg)  # verl's own keys: types, ranges, rules between keys, verl's config classes
     check_reward_scorer(cfg)
     check_model_config_agreement(cfg)
 

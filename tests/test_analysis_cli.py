@@ -187,11 +187,18 @@ def test_bad_input_is_reported_clearly_before_models_load(tiny_pair_dirs, respon
     assert not (tmp_path / "o").exists()
 
 
-def test_resume_refuses_a_different_job(tiny_pair_dirs, responses_file, tmp_path):
+def test_resume_refuses_a_different_job(tiny_pair_dirs, responses_file, tmp_path, capsys):
     out = tmp_path / "out"
     main(_args(tiny_pair_dirs, responses_file, out, "--shard-size", "10"))
-    with pytest.raises(SystemExit):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
         main(_args(tiny_pair_dirs, responses_file, out, "--shard-size", "10", "--temperature", "0.5"))
+    assert e.value.code == 2  # our refusal (reweight.cli_errors), not an argparse error or a crash
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [
+        f"reweight-analyze: error: {str(out)!r} holds a different analysis job (differs in ['temperature']); "
+        "use another output directory or --overwrite to start afresh"
+    ], lines
     summary = json.loads((out / "summary.json").read_text())
     assert summary["config"]["temperature"] == 1.0
 

@@ -121,6 +121,10 @@ CASES = [
     ("launch", ["sweep", "--slurm", "--nodes", "1", "--gpus-per-node", "8", "--dry-run", "--out-dir", "{tmp}/sw", "--",
                 f"{SCHEME}=low_prob,bogus"], f"{SCHEME}='bogus'"),
     ("launch", ["submit", "--dry-run", "--", "trainer.no_such_key=1"], "trainer.no_such_key"),
+    # verl's own settings (reweight/preflight.py): every point of a sweep, the first one valid
+    ("launch", ["sweep", "--slurm", "--nodes", "1", "--gpus-per-node", "2", "--dry-run", "--out-dir", "{tmp}/sw2", "--",
+                "actor_rollout_ref.rollout.gpu_memory_utilization=0.5,1.5"],
+     "actor_rollout_ref.rollout.gpu_memory_utilization=1.5: must be > 0 and <= 1"),
     ("launch", ["slurm", "--nodes", "1", "--gpus-per-node", "8", "--dry-run", "--check-paths", "--script", "{tmp}/y.sbatch",
                 "--", "data.train_files=/nonexistent.parquet"], "data.train_files='/nonexistent.parquet'"),
 ]
@@ -164,17 +168,24 @@ def test_debug_variable_adds_the_traceback(env, capsys, monkeypatch):
     assert err.strip().splitlines()[-1] == "reweight-train: error: data.train_files='/nonexistent.parquet': file not found"
 
 
-def test_hub_ids_and_existing_checkpoint_dirs_are_accepted_without_the_hub(env):
+def test_hub_ids_and_existing_checkpoint_dirs_are_accepted_without_the_hub(env, capsys):
+    from reweight.checks import MODEL_KEY, check_model_path
+    from reweight.cli_errors import run_cli
     from reweight.models import model_path_problem
 
     assert model_path_problem("Qwen/Qwen2.5-Math-7B") is None  # a hub id: left to its loader
     assert model_path_problem(str(env / "ckpt_dir")) is None  # any existing directory (e.g. a verl checkpoint)
     assert model_path_problem("hdfs://cluster/models/x") is None
     assert model_path_problem("embedded://model") is None
-    assert model_path_problem("ckpt_dir/missing") is not None  # first component is a local folder: a local path
-    assert model_path_problem("/abs/missing") is not None
-    assert model_path_problem("bare-name") is not None
-    assert model_path_problem("org/name/extra") is not None
+    missing = "no such file or directory (and not a Hugging Face hub id of the form org/name)"
+    # "ckpt_dir/missing": its first component is a local folder, so it is a missing local path
+    for path in ("ckpt_dir/missing", "/abs/missing", "bare-name", "org/name/extra"):
+        assert model_path_problem(path) == missing
+        # and the refusal names the key and the value, exit 2 through reweight.cli_errors (the CLI's path:
+        # CASES above run reweight-train with a missing model end to end)
+        assert run_cli("reweight-train", lambda: check_model_path(path, MODEL_KEY)) == 2
+        line = capsys.readouterr().err.strip()
+        assert line == f"reweight-train: error: {MODEL_KEY}={path!r}: {missing}", line
 
 
 # ------------------------------------------------------------------------------ the real console scripts

@@ -236,8 +236,12 @@ def _node(ip, gpus, head=False):
 
 def test_cluster_fit_check():
     nodes = [_node("10.0.0.1", 8, head=True), _node("10.0.0.2", 8), _node("10.0.0.3", 4)]
-    assert check_cluster_fits(2, 8, nodes) is not None  # fits, with a note that 4 GPUs stay idle
-    assert check_cluster_fits(3, 4, nodes) is not None
+    shape = "10.0.0.1 (head): 8 GPU; 10.0.0.2: 8 GPU; 10.0.0.3: 4 GPU"
+    # fits, with a note naming what the job uses of the 20 GPUs (4 stay idle)
+    assert check_cluster_fits(2, 8, nodes) == f"the job uses 2 x 8 GPU of the cluster's 20 ({shape})"
+    assert check_cluster_fits(3, 4, nodes) == f"the job uses 3 x 4 GPU of the cluster's 20 ({shape})"
+    assert check_cluster_fits(2, 8, nodes[:2]) is None  # the whole cluster: no note
+    assert check_cluster_fits(1, 8, nodes[:1]) is None
     with pytest.raises(ClusterError) as e:
         check_cluster_fits(3, 8, nodes)
     msg = str(e.value)
@@ -245,8 +249,9 @@ def test_cluster_fit_check():
     assert "10.0.0.3: 4 GPU" in msg
     with pytest.raises(ClusterError, match="0 such node"):
         check_cluster_fits(1, 1, [NodeInfo("n", "10.0.0.9", True, {"CPU": 4.0})])
-    with pytest.raises(ClusterError, match="at least 1"):
+    with pytest.raises(ClusterError) as e:
         check_cluster_fits(0, 8, nodes)
+    assert str(e.value) == "trainer.nnodes=0 and trainer.n_gpus_per_node=8 must both be at least 1"
 
 
 def test_ray_start_commands():

@@ -106,6 +106,8 @@ def _smoke_args(assets, out) -> list[str]:
     [
         (["--arm", "typo=actor_rollout_ref.actor.policy_loss.scheme=lowprob"], "arm 'typo'"),
         (["--arm", "neg=actor_rollout_ref.actor.policy_loss.alpha=-1"], "alpha"),
+        (["--arm", "cold=actor_rollout_ref.rollout.temperature=0"], "arm 'cold' (overrides ['actor_rollout_ref.rollout.temperature=0']): "
+         "actor_rollout_ref.rollout.temperature=0: must be > 0"),
         (["trainer.no_such_key=1"], "no_such_key"),
         (["--arm", "bad name=trainer.total_epochs=1"], "arm name 'bad name'"),
         (["--seeds", "1,1"], "seeds=[1, 1]"),
