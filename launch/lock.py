@@ -29,7 +29,9 @@ images), from PyPI alone: pip runs without this machine's pip configuration (``P
 the null device, no ``PIP_*`` index variables), with ``--only-binary=:all:``, so the lock proves that the
 GPU install builds nothing from source but the pure-Python ``SOURCE_ONLY`` packages (PyPI has no wheel of
 them: they are built here into ``py3-none-any`` wheels first, and install anywhere without a compiler),
-and every other resolved file must come from an ``https://`` index.
+and every other resolved file must come from an ``https://`` index. Each Python's resolution runs under that
+Python (``pip --python pythonX.Y``, which must be on PATH): pip evaluates markers such as vLLM's
+``setuptools<81 ; python_version > "3.11"`` against the interpreter it runs under, not ``--python-version``.
 
     pip install -c launch/constraints/gpu.txt -e ".[gpu,test]"
 """
@@ -41,6 +43,7 @@ import datetime
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -130,6 +133,13 @@ def resolve(requirements: list[str], python: str | None, lock: str = "cpu") -> d
         cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet", "--report", str(report)]
         here = f"{sys.version_info.major}.{sys.version_info.minor}"
         python = python or here
+        if spec.cross_platform and python != here:
+            # pip evaluates dependency markers (``python_version > "3.11"``) against the interpreter it runs
+            # under, whatever --python-version says: run it under the target Python itself
+            interpreter = shutil.which(f"python{python}")
+            if interpreter is None:
+                raise SystemExit(f"[lock] {lock}: python{python} not found on PATH (needed to evaluate markers for it)")
+            cmd[3:3] = ["--python", interpreter]
         if spec.cross_platform or python != here:
             cmd += ["--python-version", python, "--only-binary=:all:", "--implementation", "cp"]
             for platform in spec.platforms:
