@@ -82,6 +82,11 @@ def test_cluster():
 
 def test_loss():
     assert dr.check_loss([healthy(), healthy("n1")]).ok
+    assert "in this process" in dr.check_loss([healthy()]).detail  # no Ray cluster: this node only
+    workers = [healthy("n0"), healthy("n1")]
+    for i, n in enumerate(workers):
+        n.node_id = f"id{i}"
+    assert "in a Ray worker on 2 node(s)" in dr.check_loss(workers).detail
     node = healthy("n1")
     node.loss_registered = False
     bad = dr.check_loss([healthy(), node])

@@ -231,7 +231,8 @@ def check_loss(nodes: Sequence[NodeFacts]) -> Check:
     if missing:
         return Check("loss", False, f"loss_mode reweight not registered in a worker on {_hosts(missing)} "
                                     f"(install verl-reweight there: launch/README.md)")
-    return Check("loss", True, f"loss_mode reweight registered on {len(nodes)} node(s) (in a Ray worker with --address)")
+    where = f"in a Ray worker on {len(nodes)} node(s)" if all(n.node_id for n in nodes) else "in this process"
+    return Check("loss", True, f"loss_mode reweight registered {where}")
 
 
 def check_paths(nodes: Sequence[NodeFacts], skipped: Sequence[str] = ()) -> Check:
