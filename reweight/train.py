@@ -330,6 +330,10 @@ def _prepare_run(cfg: DictConfig, dry_run: bool) -> str | None:
     from reweight.checks import completed_step
 
     check(cfg)
+    from reweight.attention import check_attention
+
+    if note := check_attention(cfg, cpu=targets_cpu(cfg)):  # flash-attn, else sdpa (or refused), on this machine
+        print(f"[{PROG}] {note}", flush=True)
     step = completed_step(cfg)
     if step is not None:
         print(f"[{PROG}] {already_done_message(cfg, step)}", flush=True)

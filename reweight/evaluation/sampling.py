@@ -188,7 +188,7 @@ class VLLMSampler:
         except ImportError as err:
             raise ImportError(
                 "backend 'vllm' was requested but vllm is not installed "
-                "(pip install 'verl-reweight[vllm]' on a GPU machine, or use --backend hf)"
+                "(the GPU install: pip install -c launch/constraints/gpu.txt -e '.[gpu,test]'; or use --backend hf)"
             ) from err
         self._params_cls = SamplingParams
         self.config = config

@@ -6,6 +6,7 @@
     reweight-launch slurm --nodes 4 --gpus-per-node 8 --dry-run -- --config-name ... (overrides)
     reweight-launch sweep --name alpha-scan --wait -- actor_rollout_ref.actor.policy_loss.alpha=0.1,0.2 seed=1,2,3
     reweight-launch summary outputs/sweeps/alpha-scan/manifest.json --format markdown
+    reweight-launch doctor --address auto --config-name qwen25_math_7b_reweight   # before the first job
 
 Training overrides go after ``--`` and use Hydra's syntax, exactly as for ``reweight-train``. Every
 subcommand is a thin shell over :mod:`reweight.launch`; bad input is reported before anything starts.
@@ -258,6 +259,14 @@ def cmd_probe(a: argparse.Namespace) -> int:
     return main_probe(a.nodes)
 
 
+def cmd_doctor(a: argparse.Namespace) -> int:
+    from reweight.launch.doctor import doctor
+
+    ok, table = doctor(a.config_name, a.overrides, a.address)
+    print(table, flush=True)
+    return 0 if ok else 1
+
+
 # ------------------------------------------------------------------------------------------------ parser
 
 
@@ -384,6 +393,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="dashboard URL for job statuses (default: the manifest's)")
     p.add_argument("--metric", action="append", default=[], help="a metric column; repeatable (default: actor/reweight/* and a few)")
     p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("doctor", help="check this node or a Ray cluster against a training config (one table)")
+    p.add_argument("--address", help="a running Ray cluster (e.g. auto, or 10.0.0.1:6379): check every node; default: this node")
+    p.add_argument("--config-name", help="reweight-train's --config-name (default: its default config)")
+    p.add_argument("overrides", nargs="*", help="after --: reweight-train overrides")
+    p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("probe", help="(inside a job) check loss_mode reweight in a worker on every node")
     p.add_argument("--nodes", type=int, default=1)

@@ -39,8 +39,8 @@ def _report_from_worker() -> dict[str, Any]:
     }
 
 
-def probe_workers(min_nodes: int, timeout: float = 600.0) -> list[dict[str, Any]]:
-    """One report per alive node, each from a task pinned to that node (connects with ``ray.init()``)."""
+def on_every_node(fn, min_nodes: int = 1, timeout: float = 600.0, args: tuple = ()) -> list[Any]:
+    """``fn(*args)`` in a worker process on each alive node (a task pinned to it; connects with ``ray.init()``)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -49,12 +49,17 @@ def probe_workers(min_nodes: int, timeout: float = 600.0) -> list[dict[str, Any]
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     if len(nodes) < min_nodes:
         raise RuntimeError(f"the cluster has {len(nodes)} alive node(s); expected at least {min_nodes}")
-    remote = ray.remote(num_cpus=0)(_report_from_worker)
+    remote = ray.remote(num_cpus=0)(fn)
     refs = [
-        remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=n["NodeID"], soft=False)).remote()
+        remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=n["NodeID"], soft=False)).remote(*args)
         for n in nodes
     ]
     return ray.get(refs, timeout=timeout)
+
+
+def probe_workers(min_nodes: int, timeout: float = 600.0) -> list[dict[str, Any]]:
+    """One report per alive node, each from a task pinned to that node (connects with ``ray.init()``)."""
+    return on_every_node(_report_from_worker, min_nodes, timeout)
 
 
 def format_report(report: dict[str, Any]) -> str:

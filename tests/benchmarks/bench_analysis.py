@@ -85,10 +85,15 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--skip-naive", action="store_true", help="when the naive version would not fit in memory")
     p.add_argument("--skip-eager", action="store_true", help="do not time the eager (compiled=False) path")
+    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+                   help="model weights (auto: bfloat16 on CUDA, float32 on CPU)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if args.dtype == "auto":
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    else:
+        dtype = getattr(torch, args.dtype)
     kw = dict(hidden_size=args.hidden, num_layers=args.layers, num_heads=args.heads, num_kv_heads=max(1, args.heads // 4),
               max_position_embeddings=max(4096, args.seq), dtype=dtype)  # fmt: skip
     base = build_model(args.vocab, seed=0, **kw).to(device)
