@@ -65,8 +65,9 @@ def _steps(records: list[dict]) -> dict[int, dict]:
     return {r["step"]: r["data"] for r in records if "actor/pg_loss" in r["data"]}
 
 
-def step_ratio(out: Path, steps: int, repeats: int = 1) -> dict:
-    common = (
+def deterministic(steps: int) -> tuple[str, ...]:
+    """Overrides for ``steps`` steps on the same (deterministically served, no dynamic-sampling refills) rollouts."""
+    return (
         f"trainer.total_training_steps={steps}",
         "trainer.val_before_train=false",
         "trainer.test_freq=-1",
@@ -74,6 +75,10 @@ def step_ratio(out: Path, steps: int, repeats: int = 1) -> dict:
         "algorithm.filter_groups.enable=false",
         "actor_rollout_ref.rollout.full_determinism=true",
     )
+
+
+def step_ratio(out: Path, steps: int, repeats: int = 1) -> dict:
+    common = deterministic(steps)
     arms = {"reweight": ("actor_rollout_ref.actor.policy_loss.scheme=low_prob",), "vanilla": VANILLA}
     samples: dict[str, dict[str, list[float]]] = {a: {"update_actor": [], "step": []} for a in arms}
     walls: dict[str, list[float]] = {a: [] for a in arms}
@@ -100,14 +105,7 @@ def step_ratio(out: Path, steps: int, repeats: int = 1) -> dict:
 
 
 def monitor(out: Path, steps: int, repeats: int = 1) -> dict:
-    common = (
-        f"trainer.total_training_steps={steps}",
-        "trainer.val_before_train=false",
-        "trainer.test_freq=-1",
-        "trainer.save_freq=-1",
-        "algorithm.filter_groups.enable=false",
-        "actor_rollout_ref.rollout.full_determinism=true",
-    )
+    common = deterministic(steps)
     freqs = (0, 1, 10)
     step_s: dict[int, list[float]] = {f: [] for f in freqs}
     direction_s: dict[int, list[float]] = {f: [] for f in freqs}
