@@ -7,3 +7,7 @@ can import them without importing torch or verl (``reweight.study`` builds its a
 # The policy-loss section of the composed trainer config (configs/method/reweight.yaml fills it):
 # ``_target_``, ``loss_mode`` and, for loss_mode ``reweight``, ``scheme``, ``alpha``, ``prob_source``, ``apply_to``.
 POLICY_LOSS_KEY = "actor_rollout_ref.actor.policy_loss"
+
+# The live direction monitor (reweight/monitor.py, docs/monitor.md): every N-th step Δlog p against the base
+# model is logged under ``direction/``; 0 turns it off. Declared in configs/method/dapo.yaml.
+MONITOR_FREQ_KEY = "reweight.monitor.freq"

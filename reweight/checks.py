@@ -37,7 +37,7 @@ from urllib.parse import urlparse
 
 from omegaconf import DictConfig, OmegaConf
 
-from reweight.configs import POLICY_LOSS_KEY
+from reweight.configs import MONITOR_FREQ_KEY, POLICY_LOSS_KEY
 
 # legacy key (as the user may write it) -> what verl 0.9.1 reads instead
 LEGACY_REWARD_KEYS = {
@@ -213,6 +213,31 @@ def check_config(cfg: DictConfig) -> None:
     check_verl_settings(cfg)  # verl's own keys: types, ranges, rules between keys, verl's config classes
     check_reward_scorer(cfg)
     check_model_config_agreement(cfg)
+    check_monitor(cfg)
+
+
+def monitor_freq(cfg: Any) -> int:
+    """``reweight.monitor.freq`` of a composed config (0 when absent); raises :class:`ConfigError` on a bad value."""
+    value = OmegaConf.select(cfg, MONITOR_FREQ_KEY, default=0) if isinstance(cfg, DictConfig) else 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{MONITOR_FREQ_KEY}={value!r}: must be an integer >= 0 (0 turns the direction monitor off)")
+    return value
+
+
+def check_monitor(cfg: DictConfig) -> None:
+    """The direction monitor (reweight/monitor.py) snapshots the actor's full FSDP weights: no LoRA, FSDP only."""
+    freq = monitor_freq(cfg)
+    if freq == 0:
+        return
+    model = OmegaConf.select(cfg, "actor_rollout_ref.model", default=None) or {}
+    lora = (model.get("lora", None) or {}).get("rank", 0) or model.get("lora_rank", 0) or 0
+    if lora > 0 or model.get("lora_adapter_path", None):
+        raise ConfigError(f"{MONITOR_FREQ_KEY}={freq} with LoRA: the monitor snapshots full weights; set {MONITOR_FREQ_KEY}=0")
+    strategy = OmegaConf.select(cfg, "actor_rollout_ref.actor.strategy")
+    if strategy not in ("fsdp", "fsdp2"):
+        raise ConfigError(
+            f"{MONITOR_FREQ_KEY}={freq} needs actor_rollout_ref.actor.strategy=fsdp or fsdp2, got {strategy!r}"
+        )
 
 
 # ------------------------------------------------------------------------------------------ W&B

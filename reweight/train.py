@@ -240,8 +240,11 @@ def task_runner_class():
                 path = OmegaConf.select(config, f"{RUNTIME_ENV_VARS}.{METRICS_ENV}", default=None)
                 if path:
                     os.environ[METRICS_ENV] = str(path)
+                from reweight.monitor import monitored_trainer
+
                 try:
-                    return super().run(config)
+                    with monitored_trainer(config):  # reweight.monitor.freq > 0: verl's trainer + the direction monitor
+                        return super().run(config)
                 finally:
                     release_dataloader_workers(self.trainer)
 
@@ -309,6 +312,11 @@ def summary(cfg: DictConfig, metrics_path, wall_s: float) -> str:
         first, last = curve[0], curve[-1]
         lines.append(f"  validation:  {key} {first[1]:.3f} (step {first[0]}) -> {last[1]:.3f} (step {last[0]})")
     lines.append(f"  metrics:     {metrics_path}")
+    from reweight.monitor import histogram_note
+
+    note = histogram_note(cfg, records)
+    if note:
+        lines.append(f"  direction:   {note}")
     ckpt = latest_checkpoint(cfg)
     if ckpt is None:
         lines.append(f"  checkpoint:  none in {cfg.trainer.default_local_dir} (trainer.save_freq={cfg.trainer.save_freq})")
@@ -508,7 +516,7 @@ class output_to:  # noqa: N801 - a context manager used like a function
 
 def step_line(record: dict, total: int | None, mean_step_s: float | None) -> str | None:
     """One console line for a record of verl's metrics file: step, reward, validation accuracy, mean token
-    weight, step time, ETA; None for a record without a training step (e.g. the initial validation)."""
+    weight, mean Δlog p (monitored steps), step time, ETA; None for a record without a training step (e.g. the initial validation)."""
     import math
 
     data = record.get("data") or {}
@@ -525,6 +533,8 @@ def step_line(record: dict, total: int | None, mean_step_s: float | None) -> str
         parts.append("val acc " + ",".join(f"{v:.3f}" for v in val.values()))
     if isinstance(data.get("actor/reweight/weight_mean"), (int, float)):
         parts.append(f"weight {data['actor/reweight/weight_mean']:.3f}")
+    if isinstance(data.get("direction/logp_diff_mean"), (int, float)):  # monitored steps (reweight.monitor.freq)
+        parts.append(f"Δlogp {data['direction/logp_diff_mean']:+.4f}")
     if isinstance(data.get("timing_s/step"), (int, float)):
         parts.append(f"{data['timing_s/step']:.1f} s")
     if total and mean_step_s and math.isfinite(mean_step_s) and step < total:

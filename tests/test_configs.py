@@ -50,6 +50,8 @@ def test_config_composes_and_passes_verl_validation(name):
     assert not cfg.algorithm.use_kl_in_reward
     assert cfg.reward.reward_manager.name == "dapo"
     assert cfg.reward.reward_kwargs.overlong_buffer_cfg.enable
+    # our own section (verl never reads it, and its validation above accepts it): the direction monitor
+    assert cfg.reweight.monitor.freq == 10
 
 
 @pytest.mark.parametrize(
@@ -120,6 +122,9 @@ def test_overrides_reach_our_config_class():
         (["actor_rollout_ref.actor.policy_loss.scheme=bogus"], r"policy_loss\.scheme"),
         (["actor_rollout_ref.actor.policy_loss.prob_source=ref"], r"policy_loss\.prob_source"),
         (["actor_rollout_ref.actor.policy_loss.loss_mode=vanilla"], r"policy_loss\.loss_mode"),
+        (["reweight.monitor.freq=-1"], r"reweight\.monitor\.freq=-1"),
+        (["reweight.monitor.freq=0.5"], r"reweight\.monitor\.freq=0\.5"),
+        (["actor_rollout_ref.model.lora_rank=8"], r"reweight\.monitor\.freq=10 with LoRA"),
     ],
 )
 def test_bad_input_refused_before_ray_naming_the_key(overrides, match):

@@ -102,6 +102,15 @@ def test_two_dapo_steps_with_the_reweight_loss_log_our_metrics_and_checkpoint(fi
     assert max(m["training/rollout_probs_diff_max"] for m in steps.values()) < 1e-3
     assert (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
     assert any((ckpt / "global_step_2" / "actor").iterdir())
+    # the direction monitor (reweight.monitor.freq, 10 by default) measured step 1, where the policy is still the
+    # base model: Δlog p of two identical forwards is 0 in every statistic; step 2 is not monitored, nor paid for
+    from reweight.direction import PREFIX
+
+    first = {k: v for k, v in steps[1].items() if k.startswith(PREFIX)}
+    assert len(first) == 8 and "direction/corr_weight" in first, sorted(first)
+    assert all(abs(v) <= 1e-5 for v in first.values()), first
+    assert "timing_s/direction" in steps[1]
+    assert not any(k.startswith(PREFIX) for k in steps[2]) and "timing_s/direction" not in steps[2]
 
 
 # The next runs resume from the step-2 checkpoint and train step 3 on identical rollouts: deterministic
@@ -162,7 +171,7 @@ def killed_and_resumed(first_run, assets):
         "trainer.val_before_train=false", "trainer.test_freq=-1", "trainer.total_training_steps=4", "trainer.save_freq=1",
         f"trainer.default_local_dir={ckpt}", "actor_rollout_ref.actor.policy_loss.scheme=none",
         "trainer.logger=[console,file,wandb]", "trainer.project_name=e2e", "trainer.experiment_name=killed",
-        f"trainer.rollout_data_dir={out / 'rollouts'}",
+        f"trainer.rollout_data_dir={out / 'rollouts'}", "reweight.monitor.freq=1",
     ]
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(out), "WANDB_SILENT": "true"}
 
@@ -233,6 +242,33 @@ def test_a_resumed_run_continues_its_wandb_run(killed_and_resumed):
     # but nothing is logged twice: one line, step 3 (if it was written) then step 4
     steps = [row["_step"] for r in (killed, rerun) for row in r.history if "actor/pg_loss" in row]
     assert steps in ([3, 4], [4])
+
+
+@pytest.mark.timeout(1200)
+def test_the_direction_monitor_reaches_the_offline_wandb_run(killed_and_resumed):
+    """reweight.monitor.freq=1 in the resumed runs: the rerun's W&B run holds the direction/ scalars and the three
+    histograms at step 4, and Δlog p is measured against the initial weights, not the resumed checkpoint's."""
+    from reweight.direction import HIST_KEYS
+    from reweight.launch.wandb_files import find_offline_runs
+
+    _, _, records, _, out = killed_and_resumed
+    rerun = max(find_offline_runs(out), key=lambda r: r.start_time)
+    (row,) = [row for row in rerun.history if row.get("_step") == 4 and "actor/pg_loss" in row]
+    keys = ("logp_diff_mean", "logp_diff_q05", "logp_diff_q95", "frac_abs_gt_0.5", "frac_abs_gt_1",
+            "logp_diff_mean_pos_adv", "logp_diff_mean_neg_adv", "corr_weight")
+    # (wandb stores a whole-valued float such as 0.0 as the JSON integer 0)
+    values = {k: row.get(f"direction/{k}") for k in keys}
+    assert all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values.values()), values
+    hists = rerun.histograms()[4]
+    assert set(hists) == set(HIST_KEYS.values())
+    n_tokens = sum(hists[HIST_KEYS["prob"]][0])
+    assert n_tokens > 0 and all(sum(c) == n_tokens and len(e) == len(c) + 1 for c, e in hists.values())
+    steps = _train_steps(records)
+    for step in (3, 4):  # two steps trained since the base model: the update has moved some tokens
+        m = steps[step]
+        assert m["direction/logp_diff_q95"] - m["direction/logp_diff_q05"] > 1e-3, m
+    # scheme none: w ≡ 1, no correlation to measure
+    assert steps[4]["direction/corr_weight"] == 0.0
 
 
 @pytest.mark.timeout(1200)

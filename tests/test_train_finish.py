@@ -86,6 +86,25 @@ def test_summary_from_verls_file_logger(tmp_path):
     assert f"checkpoint:  {run / 'global_step_2'}" in text
     assert (f"reweight-eval sample --model {run / 'global_step_2'} --data {tmp_path / 'val.parquet'} "
             f"--out {run / 'eval' / 'global_step_2.jsonl'} --n 8") in text
+    assert "direction:   no monitored step in this run (reweight.monitor.freq=10)" in text
+
+
+def test_summary_says_where_the_direction_histograms_are(tmp_path):
+    from reweight.train import summary
+
+    run = tmp_path / "run"
+    cfg = compose_config("embedded", [f"trainer.default_local_dir={run}", "reweight.monitor.freq=2"])
+    path = tmp_path / "m.jsonl"
+    rows = [{"step": s, "data": {"actor/pg_loss": 0.1, **({"direction/logp_diff_mean": 0.0} if s % 2 else {})}}
+            for s in (1, 2, 3)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert "direction:   Δlog p at steps 1,3 (direction/ in the metrics); histograms need W&B" in summary(cfg, path, 1.0)
+    from omegaconf import open_dict
+
+    with open_dict(cfg):
+        cfg.trainer.logger = ["console", "wandb"]
+        cfg.ray_kwargs.ray_init.runtime_env.env_vars = {"WANDB_RUN_ID": "abcd1234"}
+    assert "histograms direction/hist/{logp_diff,prob,weight} in W&B run abcd1234" in summary(cfg, path, 1.0)
 
 
 def test_release_dataloader_workers_stops_the_workers_verl_keeps():
@@ -118,6 +137,10 @@ def test_step_lines_from_verls_metrics_file(tmp_path):
     rec = {"step": 2, "data": {"actor/pg_loss": 0.1, "critic/score/mean": -0.25, "actor/reweight/weight_mean": 1.0625,
                                "timing_s/step": 10.0}}
     assert step_line(rec, 20, 10.0) == "[reweight-train] step 2/20  reward -0.250  weight 1.062  10.0 s  ETA 3 min 00 s"
+    rec["data"]["direction/logp_diff_mean"] = 0.01234  # a step the direction monitor measured
+    assert step_line(rec, 20, 10.0) == (
+        "[reweight-train] step 2/20  reward -0.250  weight 1.062  Δlogp +0.0123  10.0 s  ETA 3 min 00 s"
+    )
     path = tmp_path / "m.jsonl"
     out = io.StringIO()
     printer = StepPrinter(str(path), 3, out, poll_s=0.01)

@@ -140,6 +140,15 @@ class OfflineRun:
         values.update(self.summary)
         return values
 
+    def histograms(self) -> dict[int, dict[str, tuple[list[float], list[float]]]]:
+        """``{step: {key: (counts, bin_edges)}}`` of every ``wandb.Histogram`` logged (see :func:`row_histograms`)."""
+        out: dict[int, dict[str, tuple[list[float], list[float]]]] = {}
+        for row in self.history:
+            found = row_histograms(row)
+            if found:
+                out.setdefault(int(row.get("_step", -1)), {}).update(found)
+        return out
+
     def config_value(self, dotted: str, default: Any = None) -> Any:
         node: Any = self.config
         for part in dotted.split("."):
@@ -147,6 +156,20 @@ class OfflineRun:
                 return default
             node = node[part]
         return node
+
+
+def row_histograms(row: dict[str, Any]) -> dict[str, tuple[list[float], list[float]]]:
+    """The histograms of one history row: ``{key: (counts, bin_edges)}``.
+
+    wandb writes a ``wandb.Histogram`` logged as ``key`` as nested items ``key/_type`` (``"histogram"``),
+    ``key/values`` (the counts) and ``key/bins`` (the edges, one more than the counts).
+    """
+    out = {}
+    for name, value in row.items():
+        if name.endswith("/_type") and value == "histogram":
+            key = name[: -len("/_type")]
+            out[key] = (row.get(f"{key}/values", []), row.get(f"{key}/bins", []))
+    return out
 
 
 def read_offline_run(path: str | Path) -> OfflineRun:

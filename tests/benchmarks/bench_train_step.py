@@ -2,11 +2,18 @@
 
     python tests/benchmarks/bench_train_step.py step-ratio [--steps 8] [--repeats 2] [--out DIR]
     python tests/benchmarks/bench_train_step.py embedded [--out DIR]
+    python tests/benchmarks/bench_train_step.py monitor [--steps 21] [--repeats 1] [--out DIR]
 
 ``step-ratio``: the embedded config trained twice with the same seed and the same (deterministically
 served, no dynamic-sampling refills) rollouts, once with the reweight loss (scheme low_prob) and once
 with verl's vanilla loss; reports the median over steps 2..N of ``timing_s/update_actor`` (where the
 loss runs) and of ``timing_s/step``, and their ratios reweight / vanilla (target <= 1.02).
+
+``monitor``: the direction monitor's cost (reweight/monitor.py). The same deterministic run as ``step-ratio``
+(reweight loss) at ``reweight.monitor.freq`` 0, 1 and 10; reports, per frequency, the mean of ``timing_s/step``
+over steps 2..N (monitored and unmonitored steps alike) and its ratio to freq 0, and the cost of one monitored
+forward (median ``timing_s/direction``) as a fraction of the freq-0 median step, divided by the frequency: the
+overhead the monitor adds on average, less exposed to this machine's load than the ratio of two runs.
 
 ``embedded``: ``reweight-train`` with no arguments (fresh checkpoint directory): wall time, steps,
 held-out accuracy before training (step-0 validation) and after (last validation).
@@ -58,8 +65,9 @@ def _steps(records: list[dict]) -> dict[int, dict]:
     return {r["step"]: r["data"] for r in records if "actor/pg_loss" in r["data"]}
 
 
-def step_ratio(out: Path, steps: int, repeats: int = 1) -> dict:
-    common = (
+def deterministic(steps: int) -> tuple[str, ...]:
+    """Overrides for ``steps`` steps on the same (deterministically served, no dynamic-sampling refills) rollouts."""
+    return (
         f"trainer.total_training_steps={steps}",
         "trainer.val_before_train=false",
         "trainer.test_freq=-1",
@@ -67,6 +75,10 @@ def step_ratio(out: Path, steps: int, repeats: int = 1) -> dict:
         "algorithm.filter_groups.enable=false",
         "actor_rollout_ref.rollout.full_determinism=true",
     )
+
+
+def step_ratio(out: Path, steps: int, repeats: int = 1) -> dict:
+    common = deterministic(steps)
     arms = {"reweight": ("actor_rollout_ref.actor.policy_loss.scheme=low_prob",), "vanilla": VANILLA}
     samples: dict[str, dict[str, list[float]]] = {a: {"update_actor": [], "step": []} for a in arms}
     walls: dict[str, list[float]] = {a: [] for a in arms}
@@ -92,6 +104,33 @@ def step_ratio(out: Path, steps: int, repeats: int = 1) -> dict:
     return result
 
 
+def monitor(out: Path, steps: int, repeats: int = 1) -> dict:
+    common = deterministic(steps)
+    freqs = (0, 1, 10)
+    step_s: dict[int, list[float]] = {f: [] for f in freqs}
+    direction_s: dict[int, list[float]] = {f: [] for f in freqs}
+    for rep in range(repeats):  # alternate the arms so that a change in machine load hits all
+        for freq in freqs:
+            records, _ = train(out / f"freq{freq}-{rep}", *common, f"reweight.monitor.freq={freq}")
+            per_step = _steps(records)
+            for s in sorted(per_step):
+                if s >= 2:
+                    step_s[freq].append(per_step[s]["timing_s/step"])
+                    if "timing_s/direction" in per_step[s]:
+                        direction_s[freq].append(per_step[s]["timing_s/direction"])
+    base_median = statistics.median(step_s[0])
+    result: dict = {"steps_measured": {f: len(v) for f, v in step_s.items()}, "median_step_s_freq0": base_median}
+    for freq in freqs:
+        mean = statistics.mean(step_s[freq])
+        entry = {"mean_step_s": mean, "ratio_mean_step_to_freq0": mean / statistics.mean(step_s[0])}
+        if freq and direction_s[freq]:
+            cost = statistics.median(direction_s[freq])
+            entry.update(median_direction_s=cost, monitored_steps=len(direction_s[freq]),
+                         overhead_estimate=cost / base_median / freq)
+        result[f"freq{freq}"] = entry
+    return result
+
+
 def embedded(out: Path) -> dict:
     records, wall = train(out / "embedded", command=("reweight-train",))
     vals = [(r["step"], r["data"][VAL_KEY]) for r in records if VAL_KEY in r["data"]]
@@ -108,13 +147,18 @@ def embedded(out: Path) -> dict:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["step-ratio", "embedded"])
+    parser.add_argument("what", choices=["step-ratio", "monitor", "embedded"])
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=1, help="step-ratio: alternating runs per arm")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     out = args.out or Path(tempfile.mkdtemp(prefix="bench-"))
-    result = step_ratio(out, args.steps, args.repeats) if args.what == "step-ratio" else embedded(out)
+    if args.what == "step-ratio":
+        result = step_ratio(out, args.steps, args.repeats)
+    elif args.what == "monitor":
+        result = monitor(out, args.steps, args.repeats)
+    else:
+        result = embedded(out)
     result["device"] = describe_device("cpu") + " (each training process: 1 torch thread)"
     print(json.dumps(result, indent=2))
     (out / f"{args.what}.json").write_text(json.dumps(result, indent=2))
