@@ -16,7 +16,7 @@ update: they are computed from detached probabilities and never carry gradient.
 | ``entropy_bonus`` | 1, and Â' = Â + min(α·H_t, |Â|/κ) | Cheng et al., arXiv 2506.14758 (advantage shaping) |
 
 The last two depend on the token's entropy H_t, not on p: ``forking`` keeps the tokens whose entropy
-is at or above τ_ρ, the (1 − ρ)-quantile of the entropies of the *global* batch (see
+is at or above τ_ρ, the ⌈ρN⌉-th largest of the N entropies of the *global* batch (see
 :func:`top_fraction_threshold`), and ``entropy_bonus`` adds a non-negative, clipped bonus to the
 advantage instead of weighting it (:func:`entropy_bonus`). ``unit_mean``
 (:func:`unit_mean_scale`) rescales any scheme's weights to mean 1 over the global batch.
