@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from reweight.io import save_figure_atomic  # noqa: E402
-from reweight.weights import DEFAULT_ALPHA, SCHEMES, token_weights  # noqa: E402
+from reweight.weights import DEFAULT_ALPHA, PROB_SCHEMES, token_weights  # noqa: E402
 
 STYLE = {  # scheme -> (colour, line style); none is the DAPO reference line
     "none": ("black", ":"),
@@ -43,7 +43,7 @@ FORMULA = {
 def curves(alpha: float, points: int = 501) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """p on [0, 1] (``(points,)``) and each scheme's w(p) at ``alpha`` (``(points,)`` each)."""
     p = torch.linspace(0.0, 1.0, points, dtype=torch.float64)
-    return p, {s: token_weights(p, s, alpha) for s in SCHEMES}
+    return p, {s: token_weights(p, s, alpha) for s in PROB_SCHEMES}
 
 
 def plot(alpha: float, out: Path) -> Path:

@@ -4,6 +4,8 @@ verl imports each ``verl.plugins`` entry point at the end of ``import verl`` -- 
 every Ray worker on every node -- and swallows import errors at DEBUG level. Importing this module
 
 - registers the ``reweight`` policy loss in ``verl.trainer.ppo.core_algos.POLICY_LOSS_REGISTRY``;
+- arms :mod:`reweight.actor_hook`, the patch that gives that loss the entropy and global-batch values of
+  ``scheme=forking`` / ``entropy_bonus`` and ``unit_mean`` (it acts only when the reweight loss is in use);
 - installs the CPU backend (:mod:`reweight.cpu`): verl platform ``cpu``, selected by
   ``VERL_PLATFORM=cpu`` or when no accelerator is present, plus its version-checked patches.
   A failure there is logged at ERROR (verl would hide it) and raised again by
@@ -18,6 +20,13 @@ is relied on where, and the tests that show why: docs/architecture.md.
 import logging
 
 import reweight.loss  # noqa: F401  (registers loss_mode "reweight")
+
+try:
+    import reweight.actor_hook
+
+    reweight.actor_hook.install()
+except Exception as _e:  # the schemes that need it then refuse to run, naming the cause
+    logging.getLogger("reweight.actor_hook").error("reweight actor hook not installed: %s", _e)
 
 try:
     import reweight.cpu

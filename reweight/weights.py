@@ -12,6 +12,14 @@ update: they are computed from detached probabilities and never carry gradient.
 | ``focal``    | (1 − p)^α            | focal-loss-style weight (Lin et al., arXiv 1708.02002)   |
 | ``middle``   | α + p(1 − p)         | variant in this paper's released code; peaks at p = 0.5  |
 | ``normalize``| 1 / (1 + α − p)      | control from this paper's Lemma 3.1: w·(1 − p) ≈ 1; α > 0 |
+| ``forking``  | 1[H_t ≥ τ_ρ]         | Wang et al., arXiv 2506.01939: train on the top ρ = α of tokens by entropy |
+| ``entropy_bonus`` | 1, and Â' = Â + min(α·H_t, |Â|/κ) | Cheng et al., arXiv 2506.14758 (advantage shaping) |
+
+The last two depend on the token's entropy H_t, not on p: ``forking`` keeps the tokens whose entropy
+is at or above τ_ρ, the ⌈ρN⌉-th largest of the N entropies of the *global* batch (see
+:func:`top_fraction_threshold`), and ``entropy_bonus`` adds a non-negative, clipped bonus to the
+advantage instead of weighting it (:func:`entropy_bonus`). ``unit_mean``
+(:func:`unit_mean_scale`) rescales any scheme's weights to mean 1 over the global batch.
 
 Why ``low_prob`` (the paper's Lemma 3.1): the ℓ1 norm of the logit gradient of a token's term is
 2|Â|(1 − π(y_t)), so RLVR already concentrates on low-probability tokens, and those carry the
@@ -29,7 +37,13 @@ import math
 
 import torch
 
-SCHEMES = ("none", "low_prob", "dominate", "focal", "middle", "normalize")
+# Schemes whose weight is a function w(p) of the sampled token's probability (:data:`SCHEME_WEIGHTS`).
+PROB_SCHEMES = ("none", "low_prob", "dominate", "focal", "middle", "normalize")
+# Schemes whose weight or advantage depends on the token entropy H_t instead of p.
+ENTROPY_SCHEMES = ("forking", "entropy_bonus")
+SCHEMES = PROB_SCHEMES + ENTROPY_SCHEMES
+# entropy_bonus's κ (> 1): the bonus is at most |Â|/κ, so it never flips a negative advantage (arXiv 2506.14758).
+DEFAULT_KAPPA = 2.0
 PROB_SOURCES = ("old", "current")
 APPLY_TO = ("all", "positive", "negative")
 # The config's default α (the paper's value for Qwen2.5-Math-7B), shared by every scheme.
@@ -81,7 +95,14 @@ SCHEME_WEIGHTS = {
 
 
 def validate(
-    scheme: str, alpha: float, prob_source: str = "old", *, apply_to: str = "all", prefix: str = ""
+    scheme: str,
+    alpha: float,
+    prob_source: str = "old",
+    *,
+    apply_to: str = "all",
+    prefix: str = "",
+    kappa: float = DEFAULT_KAPPA,
+    unit_mean: bool = False,
 ) -> None:
     """Raise ``ValueError`` naming the offending key (``prefix`` + field) for bad settings."""
     if scheme not in SCHEMES:
@@ -101,6 +122,24 @@ def validate(
             f"{prefix}alpha={alpha!r} with {prefix}scheme=normalize: alpha must be > 0 "
             f"(w = 1 / (1 + α − p) is infinite at p = 1 when α = 0)"
         )
+    if scheme == "forking" and not 0 < alpha <= 1:
+        raise ValueError(
+            f"{prefix}alpha={alpha!r} with {prefix}scheme=forking: alpha is the kept fraction ρ and must be in (0, 1]"
+        )
+    if scheme == "entropy_bonus" and apply_to != "all":
+        raise ValueError(
+            f"{prefix}apply_to={apply_to!r} with {prefix}scheme=entropy_bonus: the bonus applies to every token; "
+            f"use apply_to=all"
+        )
+    if isinstance(kappa, bool) or not isinstance(kappa, (int, float)) or not math.isfinite(kappa) or not kappa > 1:
+        raise ValueError(f"{prefix}kappa must be a finite number > 1 (the bonus is at most |Â|/κ), got {kappa!r}")
+    if not isinstance(unit_mean, bool):
+        raise ValueError(f"{prefix}unit_mean must be true or false, got {unit_mean!r}")
+    if unit_mean and prob_source != "old" and scheme not in ENTROPY_SCHEMES:
+        raise ValueError(
+            f"{prefix}unit_mean=true needs {prefix}prob_source=old: the global mean of w is taken before the "
+            f"update's forward pass, where only the rollout policy's p is known (got prob_source={prob_source!r})"
+        )
 
 
 @torch.no_grad()
@@ -109,7 +148,7 @@ def token_weights(prob: torch.Tensor, scheme: str, alpha: float) -> torch.Tensor
 
     Args:
         prob: probability of each sampled token, ``(batch, response_len)``, in [0, 1].
-        scheme: one of :data:`SCHEMES`.
+        scheme: one of :data:`PROB_SCHEMES` (the entropy schemes have no w(p)).
         alpha: the scheme's strength α (>= 0; > 0 for ``normalize``).
 
     Returns:
@@ -117,7 +156,7 @@ def token_weights(prob: torch.Tensor, scheme: str, alpha: float) -> torch.Tensor
     """
     fn = SCHEME_WEIGHTS.get(scheme)
     if fn is None:
-        raise ValueError(f"scheme={scheme!r} is not a known scheme; choose one of {list(SCHEMES)}")
+        raise ValueError(f"scheme={scheme!r} has no weight function of p; choose one of {list(PROB_SCHEMES)}")
     return fn(prob, alpha)
 
 
@@ -149,3 +188,59 @@ def sampled_token_prob(old_log_prob: torch.Tensor, log_prob: torch.Tensor, prob_
     if prob_source == "current":
         return log_prob.detach().exp()
     raise ValueError(f"prob_source={prob_source!r} is not known; choose one of {list(PROB_SOURCES)}")
+
+
+@torch.no_grad()
+def top_fraction_threshold(entropy: torch.Tensor, rho: float) -> torch.Tensor:
+    """τ_ρ: the k-th largest of ``entropy`` with k = ⌈ρ·N⌉, so that exactly k of the N values are >= τ_ρ
+    (more only on ties). ``forking`` keeps the tokens with H_t >= τ_ρ.
+
+    Args:
+        entropy: the entropies of every valid response token of the global batch, ``(N,)``, N >= 1.
+        rho: the kept fraction ρ in (0, 1].
+
+    Returns:
+        a 0-d tensor, dtype of ``entropy``.
+    """
+    n = entropy.numel()
+    k = max(1, math.ceil(rho * n - 1e-9))  # 1e-9: ρ·N computed as 0.2·10 = 2.0000000000000004 is still 2
+    return torch.kthvalue(entropy.reshape(-1), n - k + 1).values
+
+
+@torch.no_grad()
+def forking_weights(entropy: torch.Tensor, threshold: torch.Tensor | float) -> torch.Tensor:
+    """w = 1[H_t >= τ_ρ] (arXiv 2506.01939): 1 on the high-entropy "forking" tokens, 0 elsewhere.
+
+    Args:
+        entropy: H_t of each token, ``(batch, response_len)``.
+        threshold: τ_ρ from :func:`top_fraction_threshold` over the global batch.
+
+    Returns:
+        ``(batch, response_len)`` weights in {0, 1}, dtype of ``entropy``.
+    """
+    return (entropy >= threshold).to(entropy.dtype)
+
+
+@torch.no_grad()
+def entropy_bonus(advantages: torch.Tensor, entropy: torch.Tensor, alpha: float, kappa: float) -> torch.Tensor:
+    """ψ_t = min(α·H_t, |Â_t|/κ) >= 0, the bonus of arXiv 2506.14758's shaped advantage Â' = Â + ψ.
+
+    H_t is detached (no gradient flows through the bonus). ψ >= 0 raises every advantage; the clip at
+    |Â|/κ with κ > 1 keeps a negative advantage negative (Â + ψ <= Â(1 − 1/κ) < 0), and Â = 0 gets no bonus.
+
+    Args:
+        advantages: Â, ``(batch, response_len)``; entropy: H_t, ``(batch, response_len)``.
+        alpha: α >= 0 (the paper's 0.4); kappa: κ > 1 (the paper's 2).
+
+    Returns:
+        ``(batch, response_len)`` bonus, dtype of ``advantages``.
+    """
+    return torch.minimum(alpha * entropy.detach().to(advantages.dtype), advantages.abs() / kappa)
+
+
+def unit_mean_scale(weight_sum: float, count: float) -> float:
+    """1 / mean(w) over the global batch: multiplying w by it gives weights of mean 1 (1 when ``count`` or
+    ``weight_sum`` is 0: nothing to rescale)."""
+    if count <= 0 or weight_sum <= 0:
+        return 1.0
+    return count / weight_sum

@@ -5,8 +5,9 @@ test model; step metrics are read from verl's own file logger. The runs (~1-2 mi
 2 steps of reweighted DAPO (filter_groups, dapo reward manager with overlong buffer, 2 FSDP2 ranks)
 with a checkpoint (the smoke study's, shared); then runs resumed from that checkpoint
 (``trainer.resume_mode=auto``) that train step 3 on identical, deterministically served rollouts: one
-with scheme ``none`` of our loss, W&B offline and a checkpoint every step, which is killed (SIGKILL) in
-step 4 and rerun with the same command, and one with verl's ``vanilla`` loss.
+with scheme ``none`` of our loss and ``unit_mean`` (so the actor hook runs), W&B offline and a checkpoint
+every step, which is killed (SIGKILL) in step 4 and rerun with the same command, and one with verl's
+``vanilla`` loss.
 """
 
 from __future__ import annotations
@@ -170,6 +171,8 @@ def killed_and_resumed(first_run, assets):
         sys.executable, "-m", "reweight.train", *e2e_asset_overrides(assets), *E2E_TRAIN_OVERRIDES, *DETERMINISTIC,
         "trainer.val_before_train=false", "trainer.test_freq=-1", "trainer.total_training_steps=4", "trainer.save_freq=1",
         f"trainer.default_local_dir={ckpt}", "actor_rollout_ref.actor.policy_loss.scheme=none",
+        # unit_mean runs the actor hook's all-reduce over both ranks; with w ≡ 1 its scale is exactly 1
+        "actor_rollout_ref.actor.policy_loss.unit_mean=true",
         "trainer.logger=[console,file,wandb]", "trainer.project_name=e2e", "trainer.experiment_name=killed",
         f"trainer.rollout_data_dir={out / 'rollouts'}", "reweight.monitor.freq=1",
     ]
@@ -296,12 +299,16 @@ def test_scheme_none_first_step_loss_equals_verl_vanilla(first_run, killed_and_r
             "~actor_rollout_ref.actor.policy_loss.alpha",
             "~actor_rollout_ref.actor.policy_loss.prob_source",
             "~actor_rollout_ref.actor.policy_loss.apply_to",
+            "~actor_rollout_ref.actor.policy_loss.unit_mean",
+            "~actor_rollout_ref.actor.policy_loss.kappa",
         )
     )
     assert sorted(vanilla) == [3]
     a, b = ours[3], vanilla[3]
     assert "actor/reweight/weight_mean" in a and "actor/reweight/weight_mean" not in b
     assert a["actor/reweight/weight_mean"] == 1.0
+    # unit_mean (set on our run): the global mean of the applied weights, summed from every micro-batch's share
+    assert a["actor/reweight/weight_mean_global"] == pytest.approx(1.0, abs=1e-6)
     # same rollouts ...
     for key in ("critic/score/mean", "response_length/mean", "actor/entropy"):
         assert a[key] == pytest.approx(b[key], rel=1e-6), key

@@ -10,7 +10,7 @@ from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY, compute_policy_los
 from verl.workers.config import FSDPActorConfig, PolicyLossConfig
 
 from reweight.loss import ReweightPolicyLossConfig, compute_policy_loss_reweight
-from reweight.weights import APPLY_TO, SCHEMES, token_weights
+from reweight.weights import APPLY_TO, PROB_SCHEMES, token_weights
 
 AGG_MODES = ["token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 EPS_LOW, EPS_HIGH, CLIP_C = 0.2, 0.28, 10.0
@@ -193,7 +193,7 @@ def test_prob_source_current_uses_detached_current_policy():
 
 
 @pytest.mark.parametrize("apply_to", APPLY_TO)
-@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("scheme", PROB_SCHEMES)
 def test_metric_keys_are_the_same_for_every_scheme_and_micro_batch(scheme, apply_to):
     old, cur, adv, mask = make_batch(seed=8)
     cfg = actor_config(ReweightPolicyLossConfig(scheme=scheme, apply_to=apply_to))
@@ -244,7 +244,7 @@ def _global_info(mask_full: torch.Tensor, dp_size: int) -> dict:
 
 
 @pytest.mark.parametrize("apply_to", APPLY_TO)
-@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("scheme", PROB_SCHEMES)
 @pytest.mark.parametrize("loss_agg_mode", AGG_MODES)
 @pytest.mark.parametrize("dp_size,micro_batches", [(1, 1), (1, 2), (1, 4), (2, 1), (2, 2), (4, 1), (4, 2)])
 def test_gradient_invariant_to_data_parallel_and_micro_batching(loss_agg_mode, dp_size, micro_batches, scheme, apply_to):

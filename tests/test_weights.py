@@ -12,7 +12,7 @@ from verl.trainer.ppo.core_algos import compute_policy_loss_vanilla
 from verl.workers.config import FSDPActorConfig, PolicyLossConfig
 
 from reweight.loss import ReweightPolicyLossConfig, compute_policy_loss_reweight, reweight_advantages
-from reweight.weights import APPLY_TO, SCHEMES, select_by_sign, token_weights, validate
+from reweight.weights import APPLY_TO, PROB_SCHEMES, SCHEMES, select_by_sign, token_weights, validate
 
 # p on a grid that includes both ends, as Python floats (the reference below is scalar math, not torch).
 GRID = [0.0, 1e-6, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1 - 1e-6, 1.0]
@@ -36,14 +36,15 @@ def closed_form(p: float, scheme: str, alpha: float) -> float:
 
 
 def test_the_scheme_list_is_what_the_docs_describe():
-    assert SCHEMES == ("none", "low_prob", "dominate", "focal", "middle", "normalize")
+    assert PROB_SCHEMES == ("none", "low_prob", "dominate", "focal", "middle", "normalize")
+    assert SCHEMES == PROB_SCHEMES + ("forking", "entropy_bonus")
     assert APPLY_TO == ("all", "positive", "negative")
 
 
 @pytest.mark.parametrize(
     "scheme,alpha",
     # normalize with α = 0 is refused by validation (tested below)
-    [(s, a) for s in SCHEMES for a in (0.0, 0.05, 0.2, 0.5, 1.0) if not (s == "normalize" and a == 0)],
+    [(s, a) for s in PROB_SCHEMES for a in (0.0, 0.05, 0.2, 0.5, 1.0) if not (s == "normalize" and a == 0)],
 )
 def test_every_scheme_matches_its_closed_form_in_float64(scheme, alpha):
     p = torch.tensor(GRID, dtype=torch.float64).reshape(1, -1)
@@ -97,10 +98,11 @@ def test_apply_to_on_a_hand_built_mixed_sign_batch():
         out, stats = reweight_advantages(old, old, adv, mask, "low_prob", 0.2, "old", apply_to)
         assert torch.allclose(out, torch.tensor(weighted[apply_to], dtype=torch.float64), rtol=1e-14), apply_to
         w = applied[apply_to]
-        count, p_sum, w_sum, w_min, w_max, n_low = stats.tolist()
+        count, p_sum, w_sum, w_min, w_max, n_low, n_kept, bonus_sum = stats.tolist()
         assert count == 8 and p_sum == pytest.approx(3 * 0.5 + 3 * 0.25 + 2 * 1.0)
         assert (w_sum, w_min, w_max) == pytest.approx((sum(w), min(w), max(w)), rel=1e-6), apply_to
         assert n_low == 3  # p = 1/4 on three rows
+        assert n_kept == 8 and bonus_sum == 0  # every weight > 0; no entropy bonus
 
 
 @pytest.mark.parametrize("apply_to", APPLY_TO)
@@ -218,7 +220,7 @@ def test_plot_script_draws_every_scheme(tmp_path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     p, ws = module.curves(0.2, points=11)
-    assert list(ws) == list(SCHEMES)
+    assert list(ws) == list(PROB_SCHEMES)
     for scheme, w in ws.items():
         assert torch.allclose(w, torch.tensor([closed_form(x, scheme, 0.2) for x in p.tolist()], dtype=torch.float64))
     out = module.plot(0.2, tmp_path / "w.png")

@@ -31,13 +31,16 @@ def _arm(scheme: str, alpha: float | None = None, **extra: str) -> list[str]:
 
 
 # Arm presets (``--arms NAME``). ``default``: the paper's comparison (DAPO, its weight at the two α of
-# the paper, and the opposite weighting of Yang et al.); ``literature``: the family of token weights.
+# the paper, the opposite weighting of Yang et al., and ``low_prob_unit``: the paper's weight rescaled to
+# mean 1, the control for "it only takes a larger step"); ``literature``: the family of token weights and
+# the entropy-based rivals (docs/weights.md says where each comes from).
 ARM_PRESETS: dict[str, dict[str, list[str]]] = {
     "default": {
         "dapo": _arm("none"),
         "low_prob_0.1": _arm("low_prob", 0.1),
         "low_prob_0.2": _arm("low_prob", 0.2),
         "dominate_0.2": _arm("dominate", 0.2),
+        "low_prob_unit": _arm("low_prob", 0.2, unit_mean="true"),
     },
     "smoke": {"dapo": _arm("none"), "low_prob": _arm("low_prob", 0.2)},
     "literature": {
@@ -48,6 +51,9 @@ ARM_PRESETS: dict[str, dict[str, list[str]]] = {
         "normalize": _arm("normalize", 0.2),
         "low_prob_positive": _arm("low_prob", 0.2, apply_to="positive"),
         "low_prob_negative": _arm("low_prob", 0.2, apply_to="negative"),
+        "low_prob_unit": _arm("low_prob", 0.2, unit_mean="true"),
+        "forking_0.2": _arm("forking", 0.2),  # ρ = 20%, arXiv 2506.01939
+        "entropy_bonus": _arm("entropy_bonus", 0.4, kappa=2),  # α = 0.4, κ = 2, arXiv 2506.14758
     },
 }
 

@@ -2,12 +2,15 @@
 
     python tests/benchmarks/bench_loss.py                       # CPU, fp32, 64 x 8192, 30 reps
     python tests/benchmarks/bench_loss.py --device cuda --dtype bfloat16
+    python tests/benchmarks/bench_loss.py --scheme forking --unit-mean   # also entropy_bonus, low_prob --unit-mean
 
 Repetitions of the losses are interleaved in one run, the order rotated every round (ABC, BCA, CAB, ...)
 so that neither drift in machine load nor the position in a round favours one; ratios of medians and the
 median of the per-round ratios are printed, with the device and torch version. Targets: <= 1.00 for verl's
 default (actor.use_torch_compile, under which the weighting and the clipped surrogate are one compiled
-function, forward and backward), <= 1.05 eager (use_torch_compile=False).
+function, forward and backward), <= 1.05 eager (use_torch_compile=False). For the entropy schemes and
+``--unit-mean`` the loss gets synthetic entropies, τ_ρ and scale (what the actor hook gives it; the hook's
+own per-mini-batch work is outside this timing), and the compiled and eager losses are checked to agree.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ import torch
 from verl.trainer.ppo.core_algos import compute_policy_loss_vanilla
 from verl.workers.config import FSDPActorConfig, PolicyLossConfig
 
-from reweight.loss import ReweightPolicyLossConfig, compute_policy_loss_reweight
+from reweight.loss import ReweightPolicyLossConfig, compute_policy_loss_reweight, local_weight_sum, settings
+from reweight.loss_inputs import LossInputs, loss_inputs
+from reweight.weights import top_fraction_threshold
 from _device import describe_device  # tests/benchmarks/_device.py (run as a script: this folder is on sys.path)
 
 
@@ -41,6 +46,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--scheme", default="low_prob")
+    ap.add_argument("--alpha", type=float, default=0.2)
+    ap.add_argument("--unit-mean", action="store_true", help="rescale the weights to mean 1 (unit_mean=true)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads on CPU (default: torch's)")
     args = ap.parse_args()
     if args.threads:
@@ -56,25 +63,39 @@ def main() -> None:
     lengths = torch.randint(args.length // 4, args.length + 1, (args.batch,), generator=g)
     mask = (torch.arange(args.length)[None, :] < lengths[:, None]).to(device)
 
+    policy_loss = ReweightPolicyLossConfig(scheme=args.scheme, alpha=args.alpha, unit_mean=args.unit_mean)
     cases = {
         "vanilla": (compute_policy_loss_vanilla, config(PolicyLossConfig())),
         # verl's default actor.use_torch_compile=True: weighting and surrogate compiled together
-        "reweight": (compute_policy_loss_reweight, config(ReweightPolicyLossConfig(scheme=args.scheme, alpha=0.2))),
-        "reweight_eager": (
-            compute_policy_loss_reweight,
-            config(ReweightPolicyLossConfig(scheme=args.scheme, alpha=0.2), use_torch_compile=False),
-        ),
+        "reweight": (compute_policy_loss_reweight, config(policy_loss)),
+        "reweight_eager": (compute_policy_loss_reweight, config(policy_loss, use_torch_compile=False)),
     }
+    # What the actor hook would set: entropies, the global τ_ρ and unit_mean's scale.
+    entropy = (torch.rand(shape, generator=g) * 3).to(device, dtype)
+    s = settings(cases["reweight"][1])
+    tau = top_fraction_threshold(entropy[mask].float(), s.alpha).item() if s.scheme == "forking" else None
+    w_sum, count = local_weight_sum(old, adv, mask, s, entropy, tau).tolist() if s.unit_mean else (1.0, 1.0)
+    inputs = LossInputs(entropy, tau, count / w_sum)
 
     def once(fn, cfg) -> float:
         x = cur.detach().clone().requires_grad_(True)
         sync()
         t0 = time.perf_counter()
-        loss, _ = fn(old_log_prob=old, log_prob=x, advantages=adv, response_mask=mask,
-                     loss_agg_mode="token-mean", config=cfg)
+        with loss_inputs(inputs):
+            loss, _ = fn(old_log_prob=old, log_prob=x, advantages=adv, response_mask=mask,
+                         loss_agg_mode="token-mean", config=cfg)
         loss.backward()
         sync()
         return time.perf_counter() - t0
+
+    def value(name: str) -> torch.Tensor:
+        fn, cfg = cases[name]
+        with loss_inputs(inputs):
+            return fn(old_log_prob=old, log_prob=cur, advantages=adv, response_mask=mask, loss_agg_mode="token-mean",
+                      config=cfg)[0].float()
+
+    compiled, eager = value("reweight"), value("reweight_eager")
+    assert torch.allclose(compiled, eager, rtol=1e-4, atol=1e-6), (compiled.item(), eager.item())
 
     for fn, cfg in cases.values():  # warm-up
         for _ in range(3):
@@ -91,7 +112,8 @@ def main() -> None:
         return statistics.median(a / b for a, b in zip(times[name], times["vanilla"]))
 
     print(f"device: {describe_device(device)}; torch {torch.__version__}; {args.batch}x{args.length} {args.dtype}; "
-          f"scheme={args.scheme}; {args.reps} interleaved rounds, order rotated")
+          f"scheme={args.scheme} alpha={args.alpha} unit_mean={args.unit_mean}; {args.reps} interleaved rounds, "
+          f"order rotated; compiled loss {compiled.item():.6g} = eager {eager.item():.6g}")
     for k, v in med.items():
         print(f"  {k:14s} forward+backward: {v * 1e3:8.2f} ms (median)")
     print(f"ratio reweight / vanilla (actor.use_torch_compile=True): {med['reweight'] / med['vanilla']:.3f} "

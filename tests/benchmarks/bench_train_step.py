@@ -39,6 +39,8 @@ VANILLA = (
     "~actor_rollout_ref.actor.policy_loss.alpha",
     "~actor_rollout_ref.actor.policy_loss.prob_source",
     "~actor_rollout_ref.actor.policy_loss.apply_to",
+    "~actor_rollout_ref.actor.policy_loss.unit_mean",
+    "~actor_rollout_ref.actor.policy_loss.kappa",
 )
 VAL_KEY = "val-core/synthetic_arith/acc/mean@1"
 
