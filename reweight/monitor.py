@@ -157,11 +157,18 @@ def monitored_worker_class():
 
 
 def loss_weight_settings(cfg: DictConfig) -> tuple[str, float, str] | None:
-    """(scheme, alpha, apply_to) of our loss, or None when another loss is in use (no weight to correlate)."""
+    """(scheme, alpha, apply_to) of our loss, or None when there is no w(p) to correlate with Δlog p.
+
+    None when another loss is in use, or for the entropy schemes (``forking``, ``entropy_bonus``), whose
+    weight depends on the policy's entropy and the global batch rather than on p alone.
+    """
     from reweight.loss import LOSS_MODE
+    from reweight.weights import PROB_SCHEMES
 
     policy_loss = OmegaConf.select(cfg, POLICY_LOSS_KEY, default=None)
     if policy_loss is None or policy_loss.get("loss_mode") != LOSS_MODE:
+        return None
+    if str(policy_loss.scheme) not in PROB_SCHEMES:
         return None
     return str(policy_loss.scheme), float(policy_loss.alpha), str(policy_loss.get("apply_to", "all") or "all")
 

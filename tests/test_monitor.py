@@ -103,6 +103,26 @@ def test_batch_direction_weights_come_from_reweight_weights():
     assert "direction/corr_weight" not in scalars and HIST_KEYS["weight"] not in hists
 
 
+def test_weight_settings_only_for_our_loss_with_a_weight_of_p():
+    """corr_weight needs w(p): the entropy schemes' weights are not functions of p, so they get none (not a crash)."""
+    from omegaconf import OmegaConf
+
+    from reweight.configs import POLICY_LOSS_KEY
+    from reweight.monitor import loss_weight_settings
+
+    def cfg(**policy_loss):
+        out = OmegaConf.create({})
+        OmegaConf.update(out, POLICY_LOSS_KEY, policy_loss, force_add=True)
+        return out
+
+    assert loss_weight_settings(cfg(loss_mode="reweight", scheme="low_prob", alpha=0.1)) == ("low_prob", 0.1, "all")
+    assert loss_weight_settings(cfg(loss_mode="reweight", scheme="dominate", alpha=0.2, apply_to="positive")) == (
+        "dominate", 0.2, "positive")
+    assert loss_weight_settings(cfg(loss_mode="vanilla")) is None
+    for scheme in ("forking", "entropy_bonus"):
+        assert loss_weight_settings(cfg(loss_mode="reweight", scheme=scheme, alpha=0.2)) is None
+
+
 def test_monitored_steps_start_at_one():
     assert [s for s in range(1, 25) if is_monitored(s, 10)] == [1, 11, 21]
     assert not any(is_monitored(s, 0) for s in range(1, 5))
