@@ -240,6 +240,9 @@ def test_submit_runs_two_training_steps(ray_cluster, tmp_path, e2e_assets):
         "submit", "--address", ray_cluster.address, "--wandb-dir", str(tmp_path), "--group", "e2e", "--wait", "--timeout", "540",
         "--", *e2e_asset_overrides(e2e_assets), *E2E_TRAIN_OVERRIDES,
         "trainer.total_training_steps=2", "trainer.logger=[console,wandb]", "trainer.experiment_name=e2e-2steps",
+        # checkpoints in the test's own directory: a second run from the same checkout must train again, not find
+        # the first run's step 2 in ./checkpoints and finish at once without a W&B run
+        f"trainer.default_local_dir={tmp_path / 'ckpt'}",
         timeout=590,
     )
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
