@@ -461,3 +461,53 @@ def test_run_summary_reads_an_api_run_through_the_public_accessor(tmp_path, monk
     assert run_summary(SimpleNamespace(summary_metrics=sent)) == sent
     with pytest.raises(TypeError, match=f"wandb {wandb.__version__}: Run.summary_metrics is a list"):
         run_summary(SimpleNamespace(summary_metrics=[1, 2]))
+
+
+class _FlakyJobClient:
+    """Stands in for Ray's JobSubmissionClient: fails with ``errors`` in turn, then accepts the job."""
+
+    def __init__(self, errors):
+        self.errors, self.calls = list(errors), 0
+
+    def submit_job(self, **kw):
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return kw["submission_id"] or "raysubmit_1"
+
+
+def _job():
+    from types import SimpleNamespace
+
+    return SimpleNamespace(entrypoint="reweight-train", runtime_env={}, metadata={})
+
+
+def test_submit_retries_only_while_ray_has_no_job_agent_yet(monkeypatch):
+    import io
+
+    from reweight.launch import submit
+
+    not_ready = RuntimeError("Request failed with status code 500: No available agent to submit job, please try again later..")
+    sleeps: list[float] = []
+    monkeypatch.setattr(submit.time, "sleep", sleeps.append)
+
+    client = _FlakyJobClient([not_ready, not_ready])  # the agent registers after two refusals: submitted
+    monkeypatch.setattr(submit, "_client", lambda address: client)
+    out = io.StringIO()
+    assert submit.submit_job(_job(), "http://127.0.0.1:8265", submission_id="s1", poll_s=2.0, out=out) == "s1"
+    assert client.calls == 3 and sleeps == [2.0, 2.0]
+    assert out.getvalue().count("\n") == 1 and "no job agent ready yet; retrying for up to 120 s" in out.getvalue()
+
+    client = _FlakyJobClient([RuntimeError("Request failed with status code 400: bad runtime_env")])  # not transient
+    monkeypatch.setattr(submit, "_client", lambda address: client)
+    with pytest.raises(submit.SubmitError, match="submitting to http://127.0.0.1:8265 failed: .*bad runtime_env"):
+        submit.submit_job(_job(), "http://127.0.0.1:8265", out=io.StringIO())
+    assert client.calls == 1
+
+    client = _FlakyJobClient([not_ready] * 100)  # the agent never comes: refused once the wait is spent
+    monkeypatch.setattr(submit, "_client", lambda address: client)
+    clock = iter(range(0, 10_000, 5))  # each look at the clock is 5 s later
+    monkeypatch.setattr(submit.time, "monotonic", lambda: float(next(clock)))
+    with pytest.raises(submit.SubmitError, match="No available agent"):
+        submit.submit_job(_job(), "http://127.0.0.1:8265", agent_wait_s=30, poll_s=3, out=io.StringIO())
+    assert 1 < client.calls < 10

@@ -222,14 +222,37 @@ def _client(address: str) -> Any:
     return JobSubmissionClient(dashboard_url(address))
 
 
-def submit_job(job: TrainingJob, address: str, submission_id: str | None = None) -> str:
-    """Submit ``job`` to the cluster whose dashboard is at ``address``; returns the submission id."""
-    try:
-        return _client(address).submit_job(
-            entrypoint=job.entrypoint, runtime_env=job.runtime_env, metadata=job.metadata, submission_id=submission_id
-        )
-    except Exception as e:
-        raise SubmitError(f"submitting to {dashboard_url(address)} failed: {e}") from e
+# Ray's job head answers this while no node's dashboard agent has registered with it yet (a node can be alive
+# before its agent is): the request may be repeated, as the message itself says.
+AGENT_NOT_READY = "No available agent to submit job"
+AGENT_WAIT_S = 120.0
+
+
+def submit_job(
+    job: TrainingJob, address: str, submission_id: str | None = None, *, agent_wait_s: float = AGENT_WAIT_S,
+    poll_s: float = 3.0, out: TextIO = sys.stderr,
+) -> str:
+    """Submit ``job`` to the cluster whose dashboard is at ``address``; returns the submission id.
+
+    While Ray answers that no job agent is available yet, the submission is repeated every ``poll_s`` seconds for
+    up to ``agent_wait_s`` seconds (one line says so); any other failure, or the agent still missing then, raises
+    :class:`SubmitError`.
+    """
+    deadline = time.monotonic() + agent_wait_s
+    said = False
+    while True:
+        try:
+            return _client(address).submit_job(
+                entrypoint=job.entrypoint, runtime_env=job.runtime_env, metadata=job.metadata, submission_id=submission_id
+            )
+        except Exception as e:
+            if AGENT_NOT_READY not in str(e) or time.monotonic() + poll_s > deadline:
+                raise SubmitError(f"submitting to {dashboard_url(address)} failed: {e}") from e
+            if not said:
+                print(f"[reweight-launch] the cluster at {dashboard_url(address)} has no job agent ready yet; "
+                      f"retrying for up to {agent_wait_s:g} s", file=out, flush=True)
+                said = True
+            time.sleep(poll_s)
 
 
 def job_status(address: str, submission_id: str) -> str:
