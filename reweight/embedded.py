@@ -39,11 +39,18 @@ TARGET_ACCURACY = (0.1, 0.6)
 
 @dataclass(frozen=True)
 class Recipe:
-    """Everything that determines the built assets (its hash names the cache directory)."""
+    """Everything that determines the built assets (its hash names the cache directory).
 
-    levels: tuple[int, ...] = (1, 3)
+    The defaults are the ``chain`` task (:data:`RECIPES`): three-operation chains of one-digit
+    additions and subtractions (level 5 of :mod:`reweight.data.synthetic`), whose reference solution
+    writes every intermediate step (about 26 response tokens).
+    """
+
+    levels: tuple[int, ...] = (5,)
     n_train: int = 2048
     n_val: int = 256
+    # Distinct test questions (levels 1 and 3 only: every test question of the split instead)
+    n_test: int = 256
     data_seed: int = 1234
     val_seed: int = 4321
     hidden_size: int = 128
@@ -55,21 +62,45 @@ class Recipe:
     sft_batch_size: int = 32
     sft_lr: float = 3e-3
     sft_max_steps: int = 1500
-    sft_eval_every: int = 50
+    sft_eval_every: int = 100
     sft_eval_problems: int = 128
-    target_greedy: float = 0.3  # ... and greedy accuracy at least this: room for RL to sharpen
-    # Fraction of SFT targets whose answer is replaced by a near miss (answer +-1..3): the model learns
-    # a hedged answer distribution whose mode is right, like a base model that "knows" more than it
-    # samples -- sampled accuracy well below greedy, which RL can sharpen within a few steps.
-    sft_answer_noise: float = 0.5
+    target_greedy: float = 0.8  # ... and greedy accuracy at least this: room for RL to sharpen
+    # Probability that each result written in an SFT target is replaced by a near miss (±1..3; a chain
+    # carries the slip to its answer): the model learns a hedged distribution whose mode is right, like a
+    # base model that "knows" more than it samples -- sampled accuracy well below greedy, which RL can
+    # sharpen within a few steps, and low-probability tokens inside the reasoning, not only at the answer.
+    sft_answer_noise: float = 0.2
     sft_threads: int = 1  # one thread: on a busy 2-core machine two threads contend (10x slower steps)
     target_low: float = TARGET_ACCURACY[0]  # sampled (T=1) held-out accuracy band that stops SFT
     target_high: float = TARGET_ACCURACY[1]
-    version: int = 4
+    max_new_tokens: int = 40  # response budget of the warm-up's accuracy checks (the config's data.max_response_length)
+    version: int = 5
 
     def key(self) -> str:
         blob = json.dumps(asdict(self), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
+
+
+# The embedded tasks, by name (``reweight.embedded.task``). ``chain`` is the default; ``arith`` is the
+# earlier answer-only task (``12+7=19. \\boxed{19}``, levels 1 and 3), on which 20 DAPO steps gained only
+# about 3 points: kept for comparison. Its responses are short: use it with data.max_response_length=24.
+RECIPES: dict[str, Recipe] = {
+    "chain": Recipe(),
+    "arith": Recipe(
+        levels=(1, 3), sft_eval_every=50, target_greedy=0.3, sft_answer_noise=0.5, max_new_tokens=24, version=4
+    ),
+}
+
+
+def recipe_for(cfg) -> Recipe:
+    """The recipe a config names (``reweight.embedded.task``; default ``chain``); unknown names raise
+    ``ValueError`` naming the key."""
+    from omegaconf import OmegaConf
+
+    name = OmegaConf.select(cfg, "reweight.embedded.task", default="chain")
+    if name not in RECIPES:
+        raise ValueError(f"reweight.embedded.task={name!r}: choose one of {sorted(RECIPES)}")
+    return RECIPES[name]
 
 
 def cache_root() -> Path:
@@ -89,13 +120,15 @@ def _chat_prompt_ids(tok, prompt: str) -> list[int]:
 
 
 def held_out_problems(recipe: Recipe, split: str) -> list:
-    """The validation (``val``: ``n_val`` draws) or test (``test``: every question once) problems."""
+    """The validation (``val``: ``n_val`` draws) or test problems (``test``: ``n_test`` distinct questions;
+    for levels 1 and 3, every question of the split once)."""
     from reweight.data.synthetic import make_split_problems, split_questions
 
     if split == "test" and set(recipe.levels) <= {1, 3}:
         return split_questions(recipe.levels, "test")
-    seed = recipe.val_seed if split == "val" else recipe.val_seed + 7
-    return make_split_problems(recipe.n_val, seed, recipe.levels, split)
+    if split == "test":
+        return make_split_problems(recipe.n_test, recipe.val_seed + 7, recipe.levels, split, unique=True)
+    return make_split_problems(recipe.n_val, recipe.val_seed, recipe.levels, split)
 
 
 def write_data(out: Path, recipe: Recipe) -> None:
@@ -137,10 +170,13 @@ def sampled_accuracy(model, tok, problems, *, temperature: float = 1.0, max_toke
 
 
 def _sft_target(problem, rng: random.Random, noise: float) -> str:
-    if noise <= 0 or rng.random() >= noise:
+    """The warm-up target: the reference solution with each written result slipped with probability
+    ``noise`` by a near miss (±1..3); a chain carries a slip through to its answer."""
+    from reweight.data.synthetic import worked_solution
+
+    if noise <= 0:
         return problem.solution
-    wrong = problem.answer + rng.choice((-3, -2, -1, 1, 2, 3))
-    return f"{problem.question}={wrong}. \\boxed{{{wrong}}}"
+    return worked_solution(problem, slip=lambda: rng.choice((-3, -2, -1, 1, 2, 3)) if rng.random() < noise else 0)
 
 
 def _sft_batch(tok, problems, eos: str, rng: random.Random | None = None, noise: float = 0.0):
@@ -195,8 +231,8 @@ def sft(model, tok, recipe: Recipe, log=print) -> dict[str, Any]:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if step % recipe.sft_eval_every == 0:
-            sampled = sampled_accuracy(model, tok, held_out, seed=recipe.sft_seed + step)
-            greedy = sampled_accuracy(model, tok, held_out, temperature=0.0)
+            sampled = sampled_accuracy(model, tok, held_out, max_tokens=recipe.max_new_tokens, seed=recipe.sft_seed + step)
+            greedy = sampled_accuracy(model, tok, held_out, max_tokens=recipe.max_new_tokens, temperature=0.0)
             history.append((step, sampled, greedy))
             log(f"[embedded] sft step {step}: loss {loss.item():.3f}, held-out accuracy sampled {sampled:.3f} greedy {greedy:.3f}")
             in_band = recipe.target_low <= sampled <= recipe.target_high
@@ -247,8 +283,8 @@ def build(out: Path, recipe: Recipe, log=print) -> dict[str, Any]:
         )
         info = sft(model, tok, recipe, log=log)
         val = held_out_problems(recipe, "val")
-        info["base_val_accuracy_sampled"] = sampled_accuracy(model, tok, val, seed=7)
-        info["base_val_accuracy_greedy"] = sampled_accuracy(model, tok, val, temperature=0.0)
+        info["base_val_accuracy_sampled"] = sampled_accuracy(model, tok, val, max_tokens=recipe.max_new_tokens, seed=7)
+        info["base_val_accuracy_greedy"] = sampled_accuracy(model, tok, val, max_tokens=recipe.max_new_tokens, temperature=0.0)
         save_tiny(out / "model", model, tok)
         write_data(out, recipe)
     finally:
@@ -324,7 +360,7 @@ def prepare(cfg, recipe: Recipe | None = None, log=print) -> list[str]:
         name = value[len(SCHEME) :]
         if name not in ASSETS:
             raise ValueError(f"{key}={value!r}: unknown embedded asset {name!r}; known: {', '.join(ASSETS)}")
-    root = ensure_built(recipe, log=log)
+    root = ensure_built(recipe or recipe_for(cfg), log=log)
     with open_dict(cfg):
         for key, value in keys:
             OmegaConf.update(cfg, key, str(root / value[len(SCHEME) :]), merge=False)

@@ -11,6 +11,9 @@ Levels (``level`` in ``extra_info``):
     2: a + b, a - b          a, b in [0, 99]
     3: a * b                 a in [2, 12], b in [2, 12]
     4: a * b + c             a, b in [2, 12], c in [0, 99]
+    5: a ± b ± c ± d         a in [0, 9], b, c, d in [1, 9], every running value in [0, 9]
+                             (a chain: the reference solution writes each intermediate step,
+                             ``3+4=7. 7-2=5. 5+5=10. \\boxed{10}``)
 """
 
 from __future__ import annotations
@@ -19,10 +22,14 @@ import hashlib
 import random
 import re
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 DATA_SOURCE = "synthetic_arith"
-LEVELS = (1, 2, 3, 4)
+LEVELS = (1, 2, 3, 4, 5)
+CHAIN_LEVEL = 5
+CHAIN_OPS = 3  # operations per chain question
+CHAIN_MAX = 9  # every running value of a chain stays in [0, CHAIN_MAX]: one-digit steps
 INSTRUCTION = "Put the final answer in \\boxed{}."
 
 
@@ -40,7 +47,36 @@ class Problem:
     @property
     def solution(self) -> str:
         """A reference response (used for supervised warm-up)."""
-        return f"{self.question}={self.answer}. \\boxed{{{self.answer}}}"
+        return worked_solution(self)
+
+
+def chain_steps(question: str) -> list[tuple[int, str, int]]:
+    """The operations of a chain question, ``[(running value, op, operand), ...]``, left to right."""
+    tokens = re.findall(r"\d+|[+-]", question)
+    value, steps = int(tokens[0]), []
+    for op, operand in zip(tokens[1::2], tokens[2::2]):
+        steps.append((value, op, int(operand)))
+        value = value + int(operand) if op == "+" else value - int(operand)
+    return steps
+
+
+def worked_solution(problem: "Problem", slip: "Callable[[], int] | None" = None) -> str:
+    """The response text for ``problem``: the computation written out, then the boxed answer.
+
+    ``slip`` (for supervised warm-up on imperfect solutions) is called once per written result and
+    returns an error added to it (0: none); a chain continues from the slipped value, so an early
+    slip makes every later step and the answer wrong, as a real arithmetic mistake would.
+    """
+    slip = slip or (lambda: 0)
+    if problem.level != CHAIN_LEVEL:
+        answer = problem.answer + slip()
+        return f"{problem.question}={answer}. \\boxed{{{answer}}}"
+    parts, value = [], None
+    for start, op, operand in chain_steps(problem.question):
+        start = start if value is None else value
+        value = (start + operand if op == "+" else start - operand) + slip()
+        parts.append(f"{start}{op}{operand}={value}.")
+    return " ".join(parts) + f" \\boxed{{{value}}}"
 
 
 def make_problem(rng: random.Random, level: int) -> Problem:
@@ -59,6 +95,15 @@ def make_problem(rng: random.Random, level: int) -> Problem:
     if level == 4:
         a, b, c = rng.randint(2, 12), rng.randint(2, 12), rng.randint(0, 99)
         return Problem(f"{a}*{b}+{c}", a * b + c, level)
+    if level == CHAIN_LEVEL:
+        value = rng.randint(0, 9)
+        question = str(value)
+        for _ in range(CHAIN_OPS):
+            ops = [(op, d) for op in "+-" for d in range(1, 10) if 0 <= (value + d if op == "+" else value - d) <= CHAIN_MAX]
+            op, d = rng.choice(ops)
+            value = value + d if op == "+" else value - d
+            question += f"{op}{d}"
+        return Problem(question, value, level)
     raise ValueError(f"unknown level {level!r}; levels are {LEVELS}")
 
 
@@ -101,23 +146,35 @@ def all_questions(levels: tuple[int, ...] = LEVELS) -> list[Problem]:
             out += [Problem(f"{a}*{b}", a * b, 3) for a in range(2, 13) for b in range(2, 13)]
         elif level == 4:
             out += [Problem(f"{a}*{b}+{c}", a * b + c, 4) for a in range(2, 13) for b in range(2, 13) for c in range(100)]
+        elif level == CHAIN_LEVEL:
+            chains = [(str(a), a) for a in range(10)]
+            for _ in range(CHAIN_OPS):
+                chains = [
+                    (f"{q}{op}{d}", v + d if op == "+" else v - d)
+                    for q, v in chains for op in "+-" for d in range(1, 10)
+                    if 0 <= (v + d if op == "+" else v - d) <= CHAIN_MAX
+                ]  # fmt: skip
+            out += [Problem(q, v, CHAIN_LEVEL) for q, v in chains]
         else:
             raise ValueError(f"unknown level {level!r}; levels are {LEVELS}")
     return out
 
 
-def make_split_problems(n: int, seed: int, levels: tuple[int, ...], split: str) -> list[Problem]:
-    """``n`` problems drawn as :func:`make_problems` draws them, keeping only questions of ``split``."""
+def make_split_problems(n: int, seed: int, levels: tuple[int, ...], split: str, unique: bool = False) -> list[Problem]:
+    """``n`` problems drawn as :func:`make_problems` draws them, keeping only questions of ``split``
+    (``unique``: each question at most once)."""
     if split not in SPLITS:
         raise ValueError(f"split={split!r}; choose one of {list(SPLITS)}")
     if not any(question_split(p.question) == split for p in all_questions(levels)):
         raise ValueError(f"no question of levels {levels} falls in split {split!r}")
     rng = random.Random(seed)
     out: list[Problem] = []
+    seen: set[str] = set()
     while len(out) < n:
         p = make_problem(rng, rng.choice(levels))
-        if question_split(p.question) == split:
+        if question_split(p.question) == split and not (unique and p.question in seen):
             out.append(p)
+            seen.add(p.question)
     return out
 
 
