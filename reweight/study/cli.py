@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--partition", default=None)
     p.add_argument("--account", default=None)
     p.add_argument("--time", dest="time_limit", default=None, help="SLURM time limit per run")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="training runs at once (local or ray launcher; default 1). Results do not depend on it")
     p.add_argument("--dry-run", action="store_true", help="validate every run and print the plan; train nothing")
     p.add_argument("--overwrite", action="store_true", help="discard the results of a study with other settings in --out")
     return p
@@ -103,7 +105,7 @@ def run_cli_args(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
     out = args.out or ("outputs/study-smoke" if args.smoke else "outputs/study")
     options = {k: getattr(args, k) for k in ("address", "nodes", "gpus_per_node", "partition", "account", "time_limit")}
-    study = Study(spec, out, launch=args.launch, overwrite=args.overwrite, launch_options=options)
+    study = Study(spec, out, launch=args.launch, overwrite=args.overwrite, launch_options=options, jobs=args.jobs)
     study.prepare(write=not args.dry_run)
     steps = study.steps()
     print(f"[study] {len(study.runs)} training runs ({len(spec.arms)} arms x {len(spec.seeds)} seeds), {len(steps)} steps, out {study.out}")

@@ -109,12 +109,18 @@ class Study:
         overwrite: bool = False,
         log: Callable[[str], None] = print,
         launch_options: dict[str, Any] | None = None,
+        jobs: int = 1,
     ):
         if launch not in LAUNCHERS:
             raise StudyInputError(f"--launch {launch!r}: choose one of {list(LAUNCHERS)}")
+        if not isinstance(jobs, int) or jobs < 1:
+            raise StudyInputError(f"--jobs {jobs!r}: must be an integer >= 1")
+        if jobs > 1 and launch == "slurm":
+            raise StudyInputError(f"--jobs {jobs}: SLURM queues the runs itself; use --jobs 1 with --launch slurm")
         # absolute: every run's paths are handed to a training process that runs in its own directory
         self.spec, self.out, self.launch, self.overwrite, self.log = spec, Path(out).expanduser().resolve(), launch, overwrite, log
         self.launch_options = dict(launch_options or {})
+        self.jobs = jobs  # training runs at once (not a setting of the results: not in study.json)
         self.runs: list[Run] = []
         self.base_model = ""
         self.test_data = ""
@@ -404,7 +410,11 @@ class Study:
     # -------------------------------------------------------------------------------------------- run
 
     def run(self, steps: Sequence[Step] | None = None) -> None:
-        """Execute every unfinished step in order, one progress line per finished step, then the report."""
+        """Execute every unfinished step, one progress line per finished step, then the report.
+
+        Training steps come first; with ``jobs`` > 1 (local launcher) up to ``jobs`` of them run at once, each
+        in its own process. Every other step runs after them, in order, in this process.
+        """
         from reweight.study.report import write_report
 
         steps = list(steps if steps is not None else self.steps())
@@ -413,27 +423,68 @@ class Study:
         pending = [s for s in steps if not (done_dir / f"{s.key}.json").exists()]
         if len(pending) < len(steps):
             self.log(f"[study] {len(steps) - len(pending)} of {len(steps)} steps already done in {self.out}; resuming")
-        t0 = time.time()
-        durations: dict[str, list[float]] = {}
-        for i, step in enumerate(pending, 1):
-            t = time.time()
-            info = step.action() or {}
-            took = time.time() - t
-            durations.setdefault(step.kind, []).append(took)
-            write_json_atomic(done_dir / f"{step.key}.json", {"label": step.label, "seconds": round(took, 1), **info})
-            self.log(
-                f"[study] {len(steps) - len(pending) + i}/{len(steps)} {step.label}: {_hms(took)} | "
-                f"elapsed {_hms(time.time() - t0)} | left ~{self._eta(pending[i:], durations)}"
-            )
+        self._t0, self._durations, self._finished = time.time(), {}, len(steps) - len(pending)
+        trains = [s for s in pending if s.kind == "train"]
+        rest = [s for s in pending if s.kind != "train"]
+        if self.jobs > 1 and len(trains) > 1:
+            self._run_parallel(trains, rest, len(steps))
+        else:
+            rest = pending
+        for i, step in enumerate(rest):
+            self._execute(step, rest[i + 1 :], len(steps))
         paths = write_report(self)
         self.log(f"[study] report: {paths['report.md']}")
 
+    def _execute(self, step: Step, remaining: Sequence[Step], total: int) -> None:
+        t = time.time()
+        info = step.action() or {}
+        self._record(step, info, time.time() - t, remaining, total)
+
+    def _record(self, step: Step, info: dict[str, Any], took: float, remaining: Sequence[Step], total: int) -> None:
+        write_json_atomic(self.out / "steps" / f"{step.key}.json", {"label": step.label, "seconds": round(took, 1), **info})
+        self._durations.setdefault(step.kind, []).append(took)
+        self._finished += 1
+        self.log(
+            f"[study] {self._finished}/{total} {step.label}: {_hms(took)} | "
+            f"elapsed {_hms(time.time() - self._t0)} | left ~{self._eta(remaining, self._durations, self.jobs)}"
+        )
+
+    def _run_parallel(self, trains: list[Step], rest: list[Step], total: int) -> None:
+        """Up to ``jobs`` training runs at once; the first failure stops new starts and is raised once the
+        running ones have ended (their finished steps are recorded: a rerun resumes after them)."""
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+        def timed(step: Step) -> tuple[dict[str, Any], float]:
+            t = time.time()
+            return step.action() or {}, time.time() - t
+
+        queue, running, error = list(trains), {}, None
+        with ThreadPoolExecutor(self.jobs) as pool:
+            while queue or running:
+                while queue and len(running) < self.jobs and error is None:
+                    step = queue.pop(0)
+                    running[pool.submit(timed, step)] = step
+                if not running:
+                    break
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    step = running.pop(fut)
+                    try:
+                        info, took = fut.result()
+                    except Exception as err:  # noqa: BLE001 -- re-raised below, after the running steps end
+                        error = error or err
+                        continue
+                    self._record(step, info, took, [*queue, *running.values(), *rest], total)
+        if error is not None:
+            raise error
+
     @staticmethod
-    def _eta(remaining: Sequence[Step], durations: dict[str, list[float]]) -> str:
-        """Time left for the remaining steps of kinds already timed; the untimed kinds are named, not guessed."""
+    def _eta(remaining: Sequence[Step], durations: dict[str, list[float]], jobs: int = 1) -> str:
+        """Time left for the remaining steps of kinds already timed (training steps ``jobs`` at a time); the
+        untimed kinds are named, not guessed."""
         if not remaining:
             return "0s"
         mean = {k: sum(v) / len(v) for k, v in durations.items()}
-        total = sum(mean[s.kind] for s in remaining if s.kind in mean)
+        total = sum(mean[s.kind] / (jobs if s.kind == "train" else 1) for s in remaining if s.kind in mean)
         untimed = sorted({s.kind for s in remaining} - set(mean))
         return _hms(total) + (f" + {', '.join(untimed)} (not yet timed)" if untimed else "")
