@@ -19,7 +19,15 @@ import numpy as np
 
 from reweight.io import save_figure_atomic, write_json_atomic, write_text_atomic
 from reweight.study.spec import BASELINE_ARM, PAIRED_SAMPLING
-from reweight.study.stats import mean_ci, paired_difference, pass_at_k_matrix, results_matrix, seeds_to_resolve, verdict
+from reweight.study.stats import (
+    mean_ci,
+    paired_difference,
+    pass_at_k_matrix,
+    results_matrix,
+    seed_correlation,
+    seeds_to_resolve,
+    verdict,
+)
 
 if TYPE_CHECKING:
     from reweight.study.pipeline import Study
@@ -94,7 +102,7 @@ def accuracy_section(study: "Study") -> dict[str, Any]:
             entry["pass_at_k"][str(k)] = mean_ci(pass_at_k_matrix(n, c, k), spec.bootstrap, seed=seed_offset + k)
         return entry, acc
 
-    out["base"], _ = summarise([base_results], 0)
+    out["base"], base_acc = summarise([base_results], 0)
     out["base"]["results_files"] = [str(study.eval_path(None).relative_to(study.out))]
     accs: dict[str, np.ndarray] = {}
     for i, arm in enumerate(spec.arms):
@@ -103,6 +111,9 @@ def accuracy_section(study: "Study") -> dict[str, Any]:
         entry.update(
             overrides=list(spec.arms[arm]), seeds=[r.seed for r in runs],
             results_files=[str(study.eval_path(r).relative_to(study.out)) for r in runs],
+            # what RL gained: each seed's model minus the base on the same problems, resampled as above
+            vs_base=mean_ci(accs[arm] - base_acc, spec.bootstrap, seed=500 + i),
+            per_seed_avg_at_n=[float(x) for x in accs[arm].mean(axis=1)],
         )
         out["arms"][arm] = entry
     for arm in spec.arms:
@@ -113,6 +124,8 @@ def accuracy_section(study: "Study") -> dict[str, Any]:
         out["comparisons"].append({
             "arm": arm, "baseline": BASELINE_ARM, **diff,
             "half_width": (diff["ci95"][1] - diff["ci95"][0]) / 2,
+            # how much of a run's luck the two arms share at a seed (what pairing buys)
+            "seed_correlation": seed_correlation(accs[arm], accs[BASELINE_ARM]),
             "seeds_to_resolve": seeds_to_resolve(diff["ci95"], seeds),  # ±TARGET_RESOLUTION, projected
             "verdict": verdict(arm, BASELINE_ARM, diff["delta"], diff["ci95"], seeds=seeds),
         })
@@ -350,16 +363,21 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         + ("Rollouts of the same seed paired across arms (common random numbers). " if report.get("paired_sampling") else "")
         + "Values in %, mean over seeds of the mean over problems, [95% bootstrap interval over problems and seeds].", "",
         "## Accuracy (Table 1)", "",
-        "| model | avg@" + str(n) + " | " + " | ".join(f"pass@{k}" for k in show_k) + " | Δ avg@n vs dapo (paired) |",
-        "|---|---|" + "---|" * len(show_k) + "---|",
+        "| model | avg@" + str(n) + " | " + " | ".join(f"pass@{k}" for k in show_k)
+        + " | Δ avg@n vs base | Δ avg@n vs dapo (paired) | seed corr. with dapo |",
+        "|---|---|" + "---|" * len(show_k) + "---|---|---|",
     ]
     comps = {c["arm"]: c for c in acc["comparisons"]}
     for name, entry in [("base", acc["base"]), *acc["arms"].items()]:
-        delta = "—"
+        delta, corr, gain = "—", "—", "—"
         if name in comps:
             c = comps[name]
             delta = f"{100 * c['delta']:+.1f} [{100 * c['ci95'][0]:+.1f}, {100 * c['ci95'][1]:+.1f}]"
-        cells = [_ci(entry["avg_at_n"]), *(_ci(entry["pass_at_k"][str(k)]) for k in show_k), delta]
+            corr = "—" if c.get("seed_correlation") is None else f"{c['seed_correlation']:.2f}"
+        if "vs_base" in entry:
+            g = entry["vs_base"]
+            gain = f"{100 * g['mean']:+.1f} [{100 * g['ci95'][0]:+.1f}, {100 * g['ci95'][1]:+.1f}]"
+        cells = [_ci(entry["avg_at_n"]), *(_ci(entry["pass_at_k"][str(k)]) for k in show_k), gain, delta, corr]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "## Verdict", ""]
     lines += [f"- {c['verdict']}" for c in acc["comparisons"]] or ["- only the dapo arm was run: nothing to compare."]

@@ -83,6 +83,16 @@ def paired_difference(
     return {"delta": out["mean"], "ci95": out["ci95"]}
 
 
+def seed_correlation(arm: np.ndarray, baseline: np.ndarray) -> float | None:
+    """Pearson correlation over seeds of the two arms' per-seed means (rows of ``(S, P)`` matrices paired by
+    position); None with fewer than 3 seeds or when either arm does not vary. Near 1: the arms share most of a
+    seed's luck, so the paired difference cancels it; near 0: pairing by seed buys nothing."""
+    a, b = np.asarray(arm, dtype=np.float64).mean(axis=1), np.asarray(baseline, dtype=np.float64).mean(axis=1)
+    if a.shape != b.shape or a.size < 3 or a.std() == 0 or b.std() == 0:
+        return None
+    return float(np.corrcoef(a, b)[0, 1])
+
+
 # The difference a study should be able to resolve (fraction of problems): 3 accuracy points.
 TARGET_RESOLUTION = 0.03
 
