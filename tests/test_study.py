@@ -467,3 +467,21 @@ def test_no_seed_beating_the_base_means_no_recovery_curve_and_says_so(tmp_path):
     md = "\n".join(_seed_sections_markdown({"analysis": {}, "replacement": rec, "extrapolation": {}, "settings": study.spec.fingerprint()}))
     assert "No dapo seed's model beats the base" in md and "seed 1 excluded: RL avg@n 37.5 ≤ base 50.0" in md
     assert "seed 2 excluded: RL avg@n 50.0 ≤ base 50.0" in md
+
+
+def test_each_seed_gets_its_own_slice_of_the_section_prompt_budget(tmp_path):
+    import pandas as pd
+
+    from reweight.study.pipeline import Study
+    from reweight.study.spec import StudySpec
+
+    data = tmp_path / "test.parquet"
+    pd.DataFrame({"q": [f"q{i}" for i in range(10)]}).to_parquet(data)
+    study = Study(StudySpec.smoke(seeds=[5, 7, 9], test_limit=7), tmp_path / "study")
+    study.test_data = str(data)
+    # 8 prompts over 3 seeds: 2 each, seed i from problem 2i, within the first test_limit = 7 problems
+    assert [study.seed_prompts(8, s) for s in (5, 7, 9)] == [(0, 2), (2, 2), (4, 2)]
+    assert [study.seed_prompts(15, s) for s in (5, 7, 9)] == [(0, 5), (5, 5), (3, 5)]  # wraps around the 7 problems
+    assert study.seed_prompts(2, 9) == (2, 1)  # fewer prompts than seeds: one each
+    got = pd.read_parquet(study._prompt_subset(15, 7))["q"].tolist()
+    assert got == ["q5", "q6", "q0", "q1", "q2"]

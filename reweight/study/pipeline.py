@@ -352,10 +352,10 @@ class Study:
         """``(first, count)``: the test problems of one seed's analysis or decoding step.
 
         A section's prompt budget ``total`` (:class:`StudySpec` ``analysis_prompts`` / ``decode_prompts``) is
-        split over the seeds: ``count = ceil(total / seeds)`` prompts each (at most the problems evaluated,
+        split over the seeds: ``count = max(1, total // seeds)`` prompts each (at most the problems evaluated,
         ``test_limit`` or all), and the i-th seed of ``spec.seeds`` starts at problem ``i · count``, wrapping
-        around: the seeds see different problems, together about ``total`` of them, so the section costs
-        what one seed with ``total`` prompts cost.
+        around: the seeds see different problems, together at most ``total`` of them (unless there are more
+        seeds than ``total``), so the section costs about what one seed with ``total`` prompts cost.
         """
         import pyarrow.parquet as pq
 
@@ -363,7 +363,7 @@ class Study:
         available = pq.ParquetFile(self.test_data).metadata.num_rows
         if spec.test_limit is not None:
             available = min(available, spec.test_limit)
-        count = min(available, -(-total // len(spec.seeds)))
+        count = min(available, max(1, total // len(spec.seeds)))
         return (spec.seeds.index(seed) * count) % available, count
 
     def _prompt_subset(self, total: int, seed: int) -> Path:

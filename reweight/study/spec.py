@@ -96,12 +96,12 @@ class StudySpec:
         scorer: how a response is judged (``dapo``: exactly the training reward; see reweight-eval).
         bootstrap: resamples of the bootstrap intervals (problems and seeds resampled).
         analysis_prompts: test prompts of the direction analysis, in all, split over the seeds: every arm's model
-            of every seed is analysed on ``ceil(analysis_prompts / len(seeds))`` prompts of its own (seed i of
+            of every seed is analysed on ``max(1, analysis_prompts // len(seeds))`` prompts of its own (seed i of
             ``seeds`` starts at test problem i × that count, wrapping). Default 64, the budget the analysis had
             when it ran on one seed only, so it costs about the same while its mean and interval span the seeds.
         analysis_samples: samples per prompt and model (base, RL) of the direction analysis. Default 2.
         decode_prompts: test prompts of each decoding sweep, in all, split over the seeds like ``analysis_prompts``.
-            Default 32 (the one-seed budget): with 10 seeds, 4 prompts per seed; the recovery curve and the γ grid
+            Default 32 (the one-seed budget): with 10 seeds, 3 prompts per seed; the recovery curve and the γ grid
             are means over seeds whose intervals resample seeds and prompts (docs/study.md).
         decode_n: samples per prompt of the replacement / extrapolation sweeps. Default 4.
         grids: τ grid per replacement criterion (Fig. 1c); extrapolate_tau / gammas: the Fig. 4 grid.
