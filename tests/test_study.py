@@ -260,13 +260,13 @@ def test_smoke_study_end_to_end(smoke_study):
     assert rep["per_seed"]["1"]["rl_avg_at_n"] == pytest.approx(avg["dapo"]) and rep["per_seed"]["1"]["base_avg_at_n"] == pytest.approx(base_avg)
     sweep = {(r["criterion"], r["tau"], r["mode"]): r for r in json.loads((out / "decode" / "dapo" / "s1" / "results.json").read_text())}
     assert rep["per_seed"]["1"]["sweep_base_accuracy"] == sweep[("none", 0.0, "replace")]["accuracy"]
+    assert {c for c, *_ in sweep} == {"none", "all", "logp_diff", "entropy", "kl", "random"}  # every seed's grid is decoded
+    assert set(rep["per_seed"]["1"]["recovery_ratio"]) == {"logp_diff", "entropy", "kl", "random"}
     if avg["dapo"] > base_avg:
         assert rep["used_seeds"] == [1] and rep["excluded"] == [] and set(rep["ratio"]) == {"logp_diff", "entropy", "kl", "random"}
-        assert {c for c, *_ in sweep} >= {"logp_diff", "entropy", "kl", "random"}
         assert "Over seeds [1]" in md
     else:
         assert rep["used_seeds"] == [] and [e["seed"] for e in rep["excluded"]] == [1] and rep["curve"] == {}
-        assert {c for c, *_ in sweep} == {"none", "all", "logp_diff"}  # no replacement grid decoded for it
         assert "seed 1 excluded: RL avg@n" in md and "No dapo seed's model beats the base" in md
     extra = report["extrapolation"]
     assert extra["dapo"]["arm"] == "dapo" and extra["best"]["arm"] == "low_prob"
@@ -424,7 +424,7 @@ def test_replacement_uses_only_seeds_whose_rl_model_beats_the_base_and_names_the
             ("logp_diff", -0.5, "extrapolate", 0.1, 0.04, [1, 1, 0, 1, 1, 0])],
     }
     for seed, points in sweeps.items():
-        _write_sweep(tmp_path, "dapo", seed, points, grid=seed != 2)
+        _write_sweep(tmp_path, "dapo", seed, points)
     rec = replacement_section(study)
     assert rec["rule"] == REPLACEMENT_RULE and rec["used_seeds"] == [1, 3]
     [excluded] = rec["excluded"]
@@ -461,7 +461,7 @@ def test_no_seed_beating_the_base_means_no_recovery_curve_and_says_so(tmp_path):
     study = _synthetic_study(tmp_path, [1, 2], [0.375, 0.5])  # below and equal to the base's 0.5
     for seed in (1, 2):
         _write_sweep(tmp_path, "dapo", seed, [("none", 0.0, "replace", 0.0, 0.0, [1, 0, 1, 0, 1, 0]),
-                                              ("all", 0.0, "replace", 0.0, 1.0, [1, 1, 1, 1, 1, 1])], grid=False)
+                                              ("all", 0.0, "replace", 0.0, 1.0, [1, 1, 1, 1, 1, 1])])
     rec = replacement_section(study)
     assert rec["used_seeds"] == [] and [e["seed"] for e in rec["excluded"]] == [1, 2] and rec["curve"] == {}
     md = "\n".join(_seed_sections_markdown({"analysis": {}, "replacement": rec, "extrapolation": {}, "settings": study.spec.fingerprint()}))

@@ -415,11 +415,11 @@ class Study:
         return max((a for a in self.spec.arms if a != BASELINE_ARM), key=score)
 
     def decode(self, label: str, arm: str | None, seed: int) -> dict[str, Any]:
-        """One seed's decoding sweep: ``dapo`` (Fig. 1c grid where the seed qualifies, and Fig. 4) or ``best`` (Fig. 4).
+        """One seed's decoding sweep: ``dapo`` (the Fig. 1c τ grid and Fig. 4) or ``best`` (Fig. 4 only).
 
-        The replacement grid runs only where the seed's RL model beats the base on the test evaluation
-        (:func:`reweight.study.report.rl_beats_base`); elsewhere there is no gap to recover and only the
-        extrapolation points (base, RL, τ, γ grid) are decoded. The step records both avg@n and the decision.
+        Every dapo seed decodes the τ grid, so its curve is in report.json whatever it scores; the step records
+        the seed's test avg@n and the base's, and whether it enters the recovery curve
+        (:func:`reweight.study.report.rl_beats_base`).
         """
         from reweight.decoding.cli import main
         from reweight.study.report import rl_beats_base
@@ -430,7 +430,7 @@ class Study:
         out = self.out / "decode" / label / f"s{seed}"
         prompts = self._prompt_subset(spec.decode_prompts, seed)
         rl_avg, base_avg = self.avg_at_n(run), self.avg_at_n(None)
-        replacement = label == "dapo" and rl_beats_base(rl_avg, base_avg)
+        replacement = label == "dapo"
         argv = [
             "sweep", "--base", self.base_model, "--rl", self.model_of(run), "--data", str(prompts),
             "--n", str(spec.decode_n), "--max-new-tokens", str(self.max_new_tokens),
@@ -447,6 +447,7 @@ class Study:
         return {
             "arm": arm, "seed": seed, "sweep": str(out.relative_to(self.out)), "prompts": str(prompts.relative_to(self.out)),
             "rl_avg_at_n": rl_avg, "base_avg_at_n": base_avg, "replacement_grid": replacement,
+            "rl_beats_base": rl_beats_base(rl_avg, base_avg),
         }
 
     # -------------------------------------------------------------------------------------------- run
