@@ -405,8 +405,11 @@ def _synthetic_study(tmp_path, seeds, dapo_accuracy, base_accuracy=0.5):
 
 
 def test_replacement_uses_only_seeds_whose_rl_model_beats_the_base_and_names_the_others(tmp_path):
+    from PIL import Image
+
     from reweight.study.report import (
-        REPLACEMENT_RULE, _seed_sections_markdown, extrapolation_section, nested_mean_ci, replacement_section, rl_beats_base,
+        REPLACEMENT_RULE, _seed_sections_markdown, extrapolation_section, nested_mean_ci, plot_fig1c, plot_fig4,
+        replacement_section, rl_beats_base,
     )
 
     assert rl_beats_base(0.51, 0.5) and not rl_beats_base(0.5, 0.5) and not rl_beats_base(0.141, 0.234)
@@ -451,6 +454,11 @@ def test_replacement_uses_only_seeds_whose_rl_model_beats_the_base_and_names_the
     assert extra["per_seed"]["2"]["gamma"]["0.1"] == pytest.approx(2 / 6)
     gamma_groups = [prompts(sweeps[s][-1][5]) for s in (1, 2, 3)]
     assert extra["gamma"]["0.1"]["ci95"] == pytest.approx(nested_mean_ci(gamma_groups, 300, seed=4002)["ci95"])
+    plot_fig1c(rec, tmp_path / "fig1c.png")
+    plot_fig4({"dapo": extra}, tmp_path / "fig4.png", -0.5)
+    for name in ("fig1c.png", "fig4.png"):
+        with Image.open(tmp_path / name) as im:
+            im.verify()
     md = "\n".join(_seed_sections_markdown({"analysis": {}, "replacement": rec, "extrapolation": {"dapo": extra}, "settings": study.spec.fingerprint()}))
     assert "seed 2 excluded: RL avg@n 25.0 ≤ base 50.0" in md and "Over seeds [1, 3]" in md
 

@@ -438,7 +438,7 @@ def plot_fig1c(rec: Mapping[str, Any], path: Path) -> None:
     used = rec.get("used_seeds", [])
     ax.set_xlabel("replacement ratio (fraction of generated tokens)")
     ax.set_ylabel("accuracy (test prompts)")
-    ax.set_title(f"Fig. 1(c): selective replacement, base → dapo model; mean, 95% CI over seeds {used}"
+    ax.set_title(f"Fig. 1(c): selective replacement, base → dapo model\nmean over seeds {used}, 95% CI (accuracy: seeds and prompts)"
                  if used else "Fig. 1(c): no dapo seed beats the base; nothing to recover", fontsize=8)
     ax.set_xlim(left=0)
     _save(fig, path)
@@ -493,7 +493,7 @@ def plot_fig4(extra: Mapping[str, Any], path: Path, tau: float) -> None:
             ax.axhspan(*entry["rl_accuracy"]["ci95"], color=color, alpha=0.08)
     ax.set_xlabel("γ (γ = 0: plain replacement)")
     ax.set_ylabel("accuracy (test prompts)")
-    ax.set_title("Fig. 4: test-time extrapolation π ∝ π_RL·exp(γ Δlog p); mean, 95% CI over seeds", fontsize=9)
+    ax.set_title("Fig. 4: test-time extrapolation π ∝ π_RL·exp(γ Δlog p)\nmean over seeds, 95% CI over seeds and prompts", fontsize=9)
     _save(fig, path, legend_size=7)
 
 
@@ -563,6 +563,8 @@ def _seed_sections_markdown(report: Mapping[str, Any]) -> list[str]:
         lines.append("")
         for ex in rec["excluded"]:
             lines.append(f"- seed {ex['seed']} excluded: {ex['reason']}.")
+        if rec["excluded"]:
+            lines.append("")
         if not rec["used_seeds"]:
             lines.append("No dapo seed's model beats the base on the test evaluation: there is no gap for replacement to "
                          "recover, and no recovery curve or ratio is reported.")
