@@ -394,6 +394,7 @@ class Study:
             "--prompts", str(prompts), "--generate-with", "base,rl",
             "--samples-per-prompt", str(spec.analysis_samples), "--max-new-tokens", str(self.max_new_tokens),
             "--temperature", str(spec.temperature), "--num-workers", "1", "--out", str(out), "--no-progress",
+            "--no-figure",  # the report draws Fig. 1b from all seeds' tokens
         ]
         self._tool(f"analysis_{arm}_s{seed}", main, argv)
         return {"arm": arm, "seed": seed, "analysis": str(out.relative_to(self.out)), "prompts": str(prompts.relative_to(self.out))}
