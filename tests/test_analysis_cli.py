@@ -219,3 +219,8 @@ def test_generation_from_prompts_by_both_models(tiny_pair_dirs, tmp_path):
     assert tokens.num_rows == samples["n_response_tokens"].sum()
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["per_source_means"]) == {"base", "rl"}
+    assert (out / "histograms.png").exists() and summary["figure"]
+    # --no-figure: the same analysis without histograms.png (reweight-study's per-seed steps)
+    main([*args[:args.index("--out") + 1], str(tmp_path / "nofig"), *args[args.index("--out") + 2:], "--no-figure"])
+    assert (tmp_path / "nofig" / "summary.json").exists() and not (tmp_path / "nofig" / "histograms.png").exists()
+    assert json.loads((tmp_path / "nofig" / "summary.json").read_text())["figure"] is None

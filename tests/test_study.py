@@ -243,11 +243,38 @@ def test_smoke_study_end_to_end(smoke_study):
     # paired sampling (hf rollout): same seed, same weights before training -> the same validation samples
     assert report["paired_sampling"] and "paired across arms" in md
     assert report["training"]["dapo"]["1"]["val_accuracy"]["0"] == report["training"]["low_prob"]["1"]["val_accuracy"]["0"]
-    # direction analysis, replacement ratios, extrapolation, support: present and computed
-    assert report["analysis"]["dapo"]["n_tokens"] > 0 and report["analysis"]["low_prob"]["n_tokens"] > 0
-    assert set(report["replacement"]["ratio"]) == {"logp_diff", "entropy", "kl", "random"}
-    assert report["extrapolation"]["dapo"]["arm"] == "dapo" and report["extrapolation"]["best"]["arm"] == "low_prob"
-    assert set(report["extrapolation"]["dapo"]["gamma"]) == {"0.1"}
+    # the per-seed sections (1 seed here): each seed's values from its own tool output, the mean over seeds of them
+    from reweight.study.report import analysis_values
+
+    for arm in ("dapo", "low_prob"):
+        a = report["analysis"][arm]
+        summary = json.loads((out / "analysis" / arm / "s1" / "summary.json").read_text())
+        assert a["seeds"] == [1] and a["n_tokens"] == summary["n_tokens"] > 0
+        for name, value in analysis_values(summary).items():
+            assert a["per_seed"]["1"][name] == value and a["mean_ci"][name]["mean"] == pytest.approx(value)
+    assert "## Direction analysis (Fig. 1b)" in md and "mean over seeds [95% percentile bootstrap interval over seeds]" in md
+    # replacement: seed 1 enters Fig. 1c iff its dapo model beats the base on the test evaluation, else it is named
+    base_rows = [json.loads(line) for line in (out / "eval" / "base.jsonl").read_text().splitlines()[1:]]
+    base_avg = float(np.mean([np.mean(r["correct"]) for r in base_rows]))
+    rep = report["replacement"]
+    assert rep["per_seed"]["1"]["rl_avg_at_n"] == pytest.approx(avg["dapo"]) and rep["per_seed"]["1"]["base_avg_at_n"] == pytest.approx(base_avg)
+    sweep = {(r["criterion"], r["tau"], r["mode"]): r for r in json.loads((out / "decode" / "dapo" / "s1" / "results.json").read_text())}
+    assert rep["per_seed"]["1"]["sweep_base_accuracy"] == sweep[("none", 0.0, "replace")]["accuracy"]
+    assert {c for c, *_ in sweep} == {"none", "all", "logp_diff", "entropy", "kl", "random"}  # every seed's grid is decoded
+    assert set(rep["per_seed"]["1"]["recovery_ratio"]) == {"logp_diff", "entropy", "kl", "random"}
+    if avg["dapo"] > base_avg:
+        assert rep["used_seeds"] == [1] and rep["excluded"] == [] and set(rep["ratio"]) == {"logp_diff", "entropy", "kl", "random"}
+        assert "Over seeds [1]" in md
+    else:
+        assert rep["used_seeds"] == [] and [e["seed"] for e in rep["excluded"]] == [1] and rep["curve"] == {}
+        assert "seed 1 excluded: RL avg@n" in md and "No dapo seed's model beats the base" in md
+    extra = report["extrapolation"]
+    assert extra["dapo"]["arm"] == "dapo" and extra["best"]["arm"] == "low_prob"
+    for label in ("dapo", "best"):
+        rows = json.loads((out / "decode" / label / "s1" / "results.json").read_text())
+        [g] = [r for r in rows if r["mode"] == "extrapolate"]
+        assert extra[label]["seeds"] == [1] and set(extra[label]["gamma"]) == {"0.1"}
+        assert extra[label]["per_seed"]["1"]["gamma"]["0.1"] == g["accuracy"] == pytest.approx(extra[label]["gamma"]["0.1"]["mean"])
     assert set(report["support"]) == {"dapo", "low_prob"}
     for arm in ("dapo", "low_prob"):  # every test problem is in exactly one support category
         s = report["support"][arm]
@@ -290,3 +317,179 @@ def test_a_relative_out_becomes_absolute_for_the_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     study = Study(StudySpec.smoke(), "outputs/study")
     assert study.out == tmp_path / "outputs" / "study" and study.out.is_absolute()
+
+
+# ---------------------------------------------------------------------------------------- per-seed sections
+
+
+def _naive_nested(groups, resamples: int, seed: int) -> tuple[float, float]:
+    """nested_mean_ci's bootstrap as loops over the same draws: seeds, then each drawn seed's own values."""
+    rng = np.random.default_rng(seed)
+    s, width = len(groups), max(len(g) for g in groups)
+    picks, u = rng.integers(0, s, size=(resamples, s)), rng.random((resamples, s, width))
+    means = []
+    for r in range(resamples):
+        seed_means = []
+        for i, pick in enumerate(picks[r]):
+            g = groups[pick]
+            drawn = [g[int(u[r, i, j] * len(g))] for j in range(len(g))]
+            seed_means.append(sum(drawn) / len(drawn))
+        means.append(sum(seed_means) / len(seed_means))
+    lo, hi = np.quantile(means, [0.025, 0.975])
+    return float(lo), float(hi)
+
+
+def test_nested_mean_ci_matches_a_naive_bootstrap_over_seeds_and_prompts():
+    from reweight.study.stats import nested_mean_ci
+
+    rng = np.random.default_rng(1)
+    groups = [list(rng.random(4)), list(rng.random(3) + 0.3), list(rng.random(5))]  # seeds hold different prompt counts
+    out = nested_mean_ci(groups, resamples=200, seed=3)
+    assert out["mean"] == pytest.approx(np.mean([np.mean(g) for g in groups]))  # every seed weighs the same
+    assert out["ci95"] == pytest.approx(list(_naive_nested(groups, 200, 3)))
+    # one value per seed: the percentile bootstrap over seeds of their mean
+    values = [0.1, 0.4, 0.35, 0.2]
+    rng2 = np.random.default_rng(9)
+    picks = rng2.integers(0, 4, size=(500, 4))
+    naive = np.quantile([np.mean([values[i] for i in row]) for row in picks], [0.025, 0.975])
+    assert nested_mean_ci([[v] for v in values], 500, seed=9)["ci95"] == pytest.approx(list(naive))
+    # one seed: the interval is over its prompts and holds the mean; constant values: a point interval
+    single = nested_mean_ci([[0.0, 1.0, 1.0, 0.0, 1.0]], 400, seed=0)
+    assert single["mean"] == pytest.approx(0.6) and single["ci95"][0] < 0.6 < single["ci95"][1]
+    assert nested_mean_ci([[0.5, 0.5], [0.5]], 50)["ci95"] == pytest.approx([0.5, 0.5])
+    with pytest.raises(ValueError, match="one or more values"):
+        nested_mean_ci([[0.1], []])
+
+
+def _write_sweep(root, label, seed, points, n_prompts=3, n=2, grid=True, arm="dapo"):
+    """A reweight-decode sweep directory as the tool writes it: results.json and points/<key>.samples.jsonl.
+
+    ``points``: (criterion, tau, mode, gamma, replacement_ratio, [correct per prompt and sample]).
+    """
+    from reweight.decoding.sweep import GridPoint
+
+    out = root / "decode" / label / f"s{seed}"
+    (out / "points").mkdir(parents=True)
+    rows = []
+    for crit, tau, mode, gamma, ratio, correct in points:
+        key = GridPoint(crit, tau, mode, gamma).key
+        assert len(correct) == n_prompts * n
+        recs = [{"prompt_index": k // n, "sample_index": k % n, "correct": c} for k, c in enumerate(correct)]
+        (out / "points" / f"{key}.samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+        rows.append(dict(key=key, criterion=crit, tau=tau, mode=mode, gamma=gamma, accuracy=float(np.mean(correct)), replacement_ratio=ratio))
+    (out / "results.json").write_text(json.dumps(rows))
+    (root / "steps").mkdir(exist_ok=True)
+    (root / "steps" / f"decode_{label}_s{seed}.json").write_text(json.dumps({"arm": arm, "seed": seed, "replacement_grid": grid}))
+
+
+def _synthetic_study(tmp_path, seeds, dapo_accuracy, base_accuracy=0.5):
+    """A Study over ``tmp_path`` with reweight-eval results written for the base and each dapo seed (4 problems, n = 4)."""
+    from reweight.evaluation.records import write_results
+    from reweight.study.pipeline import Run, Study
+    from reweight.study.spec import StudySpec
+
+    spec = StudySpec.smoke(seeds=list(seeds), arms={"dapo": []}, bootstrap=300, extrapolate_tau=-0.5, gammas=[0.1])
+    study = Study(spec, tmp_path)
+    study.runs = [Run("dapo", s, [], tmp_path / "runs" / "dapo" / f"s{s}", 2) for s in seeds]
+
+    def results(acc):
+        k = round(acc * 16)  # 16 samples over 4 problems: k of them correct
+        flat = [i < k for i in range(16)]
+        return [_result(f"u{j}", flat[4 * j: 4 * j + 4]) for j in range(4)]
+
+    (tmp_path / "eval" / "dapo").mkdir(parents=True)
+    write_results(study.eval_path(None), {"n": 4}, results(base_accuracy))
+    for s, acc in zip(seeds, dapo_accuracy):
+        write_results(study.eval_path(study.runs[seeds.index(s)]), {"n": 4}, results(acc))
+    return study
+
+
+def test_replacement_uses_only_seeds_whose_rl_model_beats_the_base_and_names_the_others(tmp_path):
+    from PIL import Image
+
+    from reweight.study.report import (
+        REPLACEMENT_RULE, _seed_sections_markdown, extrapolation_section, nested_mean_ci, plot_fig1c, plot_fig4,
+        replacement_section, rl_beats_base,
+    )
+
+    assert rl_beats_base(0.51, 0.5) and not rl_beats_base(0.5, 0.5) and not rl_beats_base(0.141, 0.234)
+    # seeds 1 and 3 beat the base (0.5) on the test evaluation, seed 2 does not (0.25): it must be excluded and named
+    study = _synthetic_study(tmp_path, [1, 2, 3], [0.75, 0.25, 0.625])
+    sweeps = {
+        1: [("none", 0.0, "replace", 0.0, 0.0, [0, 0, 1, 0, 0, 0]), ("all", 0.0, "replace", 0.0, 1.0, [1, 1, 1, 0, 1, 1]),
+            ("logp_diff", -0.5, "replace", 0.0, 0.02, [1, 0, 1, 0, 1, 0]), ("logp_diff", 0.0, "replace", 0.0, 0.1, [1, 1, 1, 0, 1, 1]),
+            ("logp_diff", -0.5, "extrapolate", 0.1, 0.02, [1, 1, 1, 0, 1, 0])],
+        2: [("none", 0.0, "replace", 0.0, 0.0, [1, 1, 1, 1, 0, 0]), ("all", 0.0, "replace", 0.0, 1.0, [0, 0, 0, 0, 0, 0]),
+            ("logp_diff", -0.5, "replace", 0.0, 0.05, [0, 0, 1, 0, 0, 0]),
+            ("logp_diff", -0.5, "extrapolate", 0.1, 0.05, [0, 1, 1, 0, 0, 0])],
+        3: [("none", 0.0, "replace", 0.0, 0.0, [1, 0, 0, 0, 0, 0]), ("all", 0.0, "replace", 0.0, 1.0, [1, 1, 0, 1, 1, 0]),
+            ("logp_diff", -0.5, "replace", 0.0, 0.04, [1, 1, 0, 0, 1, 0]), ("logp_diff", 0.0, "replace", 0.0, 0.2, [1, 1, 0, 1, 1, 0]),
+            ("logp_diff", -0.5, "extrapolate", 0.1, 0.04, [1, 1, 0, 1, 1, 0])],
+    }
+    for seed, points in sweeps.items():
+        _write_sweep(tmp_path, "dapo", seed, points)
+    rec = replacement_section(study)
+    assert rec["rule"] == REPLACEMENT_RULE and rec["used_seeds"] == [1, 3]
+    [excluded] = rec["excluded"]
+    assert excluded["seed"] == 2 and excluded["rl_avg_at_n"] == 0.25 and excluded["base_avg_at_n"] == 0.5 and "≤ base" in excluded["reason"]
+    assert rec["per_seed"]["1"]["gain"] == pytest.approx(0.25) and rec["per_seed"]["2"]["gain"] == pytest.approx(-0.25)
+    # the curve: mean over the used seeds of the per-prompt accuracies, nested bootstrap over the same groups
+    def prompts(correct):
+        return [np.mean(correct[2 * i: 2 * i + 2]) for i in range(3)]
+    [(tau_a, pa), (tau_b, pb)] = [(p["tau"], p) for p in rec["curve"]["logp_diff"]]
+    assert (tau_a, tau_b) == (-0.5, 0.0)
+    assert pa["accuracy"]["mean"] == pytest.approx((np.mean([1, 0, 1, 0, 1, 0]) + np.mean([1, 1, 0, 0, 1, 0])) / 2)
+    assert pa["replacement_ratio"]["mean"] == pytest.approx(0.03)
+    groups = [prompts(sweeps[1][2][5]), prompts(sweeps[3][2][5])]
+    assert pa["accuracy"]["ci95"] == pytest.approx(list(_naive_nested(groups, 300, 2001)))  # point 1 of the sorted grid
+    base, rl = np.mean([1 / 6, 1 / 6]), np.mean([5 / 6, 4 / 6])
+    assert rec["base_accuracy"]["mean"] == pytest.approx(base) and rec["rl_accuracy"]["mean"] == pytest.approx(rl)
+    target = base + 0.9 * (rl - base)
+    assert rec["target_accuracy"] == pytest.approx(target) and rec["rl_above_base"]
+    assert rec["ratio"] == {"logp_diff": pytest.approx(0.15)}  # τ = 0: mean accuracy 0.75 ≥ target 0.69, mean ratio 0.15
+    # extrapolation uses every seed (no rule): mean of the three seeds' γ accuracies
+    extra = extrapolation_section(study)["dapo"]
+    assert extra["seeds"] == [1, 2, 3] and set(extra["per_seed"]) == {"1", "2", "3"}
+    assert extra["gamma"]["0.1"]["mean"] == pytest.approx(np.mean([4 / 6, 2 / 6, 4 / 6]))
+    assert extra["per_seed"]["2"]["gamma"]["0.1"] == pytest.approx(2 / 6)
+    gamma_groups = [prompts(sweeps[s][-1][5]) for s in (1, 2, 3)]
+    assert extra["gamma"]["0.1"]["ci95"] == pytest.approx(nested_mean_ci(gamma_groups, 300, seed=4002)["ci95"])
+    plot_fig1c(rec, tmp_path / "fig1c.png")
+    plot_fig4({"dapo": extra}, tmp_path / "fig4.png", -0.5)
+    for name in ("fig1c.png", "fig4.png"):
+        with Image.open(tmp_path / name) as im:
+            im.verify()
+    md = "\n".join(_seed_sections_markdown({"analysis": {}, "replacement": rec, "extrapolation": {"dapo": extra}, "settings": study.spec.fingerprint()}))
+    assert "seed 2 excluded: RL avg@n 25.0 ≤ base 50.0" in md and "Over seeds [1, 3]" in md
+
+
+def test_no_seed_beating_the_base_means_no_recovery_curve_and_says_so(tmp_path):
+    from reweight.study.report import _seed_sections_markdown, replacement_section
+
+    study = _synthetic_study(tmp_path, [1, 2], [0.375, 0.5])  # below and equal to the base's 0.5
+    for seed in (1, 2):
+        _write_sweep(tmp_path, "dapo", seed, [("none", 0.0, "replace", 0.0, 0.0, [1, 0, 1, 0, 1, 0]),
+                                              ("all", 0.0, "replace", 0.0, 1.0, [1, 1, 1, 1, 1, 1])])
+    rec = replacement_section(study)
+    assert rec["used_seeds"] == [] and [e["seed"] for e in rec["excluded"]] == [1, 2] and rec["curve"] == {}
+    md = "\n".join(_seed_sections_markdown({"analysis": {}, "replacement": rec, "extrapolation": {}, "settings": study.spec.fingerprint()}))
+    assert "No dapo seed's model beats the base" in md and "seed 1 excluded: RL avg@n 37.5 ≤ base 50.0" in md
+    assert "seed 2 excluded: RL avg@n 50.0 ≤ base 50.0" in md
+
+
+def test_each_seed_gets_its_own_slice_of_the_section_prompt_budget(tmp_path):
+    import pandas as pd
+
+    from reweight.study.pipeline import Study
+    from reweight.study.spec import StudySpec
+
+    data = tmp_path / "test.parquet"
+    pd.DataFrame({"q": [f"q{i}" for i in range(10)]}).to_parquet(data)
+    study = Study(StudySpec.smoke(seeds=[5, 7, 9], test_limit=7), tmp_path / "study")
+    study.test_data = str(data)
+    # 8 prompts over 3 seeds: 2 each, seed i from problem 2i, within the first test_limit = 7 problems
+    assert [study.seed_prompts(8, s) for s in (5, 7, 9)] == [(0, 2), (2, 2), (4, 2)]
+    assert [study.seed_prompts(15, s) for s in (5, 7, 9)] == [(0, 5), (5, 5), (3, 5)]  # wraps around the 7 problems
+    assert study.seed_prompts(2, 9) == (2, 1)  # fewer prompts than seeds: one each
+    got = pd.read_parquet(study._prompt_subset(15, 7))["q"].tolist()
+    assert got == ["q5", "q6", "q0", "q1", "q2"]

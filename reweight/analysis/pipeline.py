@@ -7,7 +7,7 @@ Output directory layout::
     tokens.parquet         per-token records: sample_id, source, position, token_id, token, all metrics
     samples.parquet        per-response records: ids, lengths, prompt/response token ids, response text
     summary.json           counts, quantiles, |Δlog p| threshold fractions, per-source means
-    histograms.png         Fig. 1(b)-style histograms, one panel per metric
+    histograms.png         Fig. 1(b)-style histograms, one panel per metric (unless ``figure`` is off)
     top_tokens.json        most positive / most negative Δlog p tokens with context
 """
 
@@ -72,6 +72,7 @@ class AnalysisConfig:
     hist_metrics: tuple[str, ...] = HIST_METRICS
     top_k: int = 50
     context: int = 24
+    figure: bool = True  # write histograms.png (reweight-study turns it off per seed: it pools the seeds' tokens)
     overwrite: bool = False
     progress: bool = True
 
@@ -183,7 +184,7 @@ def run_analysis(cfg: AnalysisConfig) -> dict:
     merge_shards(out / "shards", len(shards), out / "tokens.parquet", out / "samples.parquet")
     tokens, samples = pq.read_table(out / "tokens.parquet"), pq.read_table(out / "samples.parquet")
     summary = summarize(tokens, samples, metrics=METRIC_NAMES, thresholds=cfg.thresholds)
-    summary["figure"] = save_histograms(tokens, cfg.hist_metrics, out / "histograms.png")
+    summary["figure"] = save_histograms(tokens, cfg.hist_metrics, out / "histograms.png") if cfg.figure else None
     _write_json(out / "top_tokens.json", finite_or_none(top_tokens(tokens, cfg.top_k, cfg.context)))
     summary["config"] = {k: v for k, v in asdict(cfg).items() if k != "progress"}
     summary["shards"] = {"total": len(shards), "run_now": ran}

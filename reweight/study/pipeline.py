@@ -6,8 +6,9 @@ Layout of ``OUT``::
     runs/<arm>/s<seed>/              one training run: checkpoints/, metrics.jsonl (verl's file logger), train.log
     eval/base.jsonl, eval/<arm>/s<seed>.jsonl     reweight-eval results (n samples per test problem)
     support/<arm>/s<seed>.json       Invisible Leash support / entropy of the trained model vs the base
-    analysis/<arm>/                  reweight-analyze: Δlog p, entropy, KL of the base vs the arm's model (first seed)
-    decode/dapo/, decode/best/       reweight-decode sweeps: replacement (Fig. 1c) and extrapolation (Fig. 4)
+    prompts/s<seed>_<first>_<count>.parquet  the test prompts of one seed's analysis / decoding step
+    analysis/<arm>/s<seed>/          reweight-analyze: Δlog p, entropy, KL of the base vs the arm's model, per seed
+    decode/dapo/s<seed>/, decode/best/s<seed>/   reweight-decode sweeps per seed: replacement (Fig. 1c), extrapolation (Fig. 4)
     logs/<step>.log                  the full output of every step
     steps/<step>.json                a finished step (what a rerun skips)
     report.md, report.json, *.png    :mod:`reweight.study.report`
@@ -225,7 +226,7 @@ class Study:
                 f"{self.out} holds a study with other settings (differ: {', '.join(changed) or 'format'}); "
                 "use another --out, or --overwrite to discard its results"
             )
-        for name in ("runs", "eval", "support", "analysis", "decode", "logs", "steps", "slurm"):
+        for name in ("runs", "eval", "support", "prompts", "analysis", "decode", "logs", "steps", "slurm"):
             shutil.rmtree(self.out / name, ignore_errors=True)
         path.unlink()
 
@@ -258,10 +259,14 @@ class Study:
         steps.append(Step("eval_base", "eval", "evaluate base", lambda: self.evaluate(None)))
         steps += [Step(f"eval_{r.arm}_s{r.seed}", "eval", f"evaluate {r.name}", lambda r=r: self.evaluate(r)) for r in self.runs]
         steps += [Step(f"support_{r.arm}_s{r.seed}", "support", f"support {r.name}", lambda r=r: self.support(r)) for r in self.runs]
-        steps += [Step(f"analysis_{a}", "analysis", f"direction analysis {a}", lambda a=a: self.analyse(a)) for a in spec.arms]
-        steps.append(Step("decode_dapo", "decode", "replacement + extrapolation sweep, dapo", lambda: self.decode("dapo", BASELINE_ARM)))
+        # the three seed-level sections: one step per (section, arm, seed), each on its own slice of test prompts
+        steps += [Step(f"analysis_{r.arm}_s{r.seed}", "analysis", f"direction analysis {r.name}", lambda r=r: self.analyse(r.arm, r.seed))
+                  for r in self.runs]
+        steps += [Step(f"decode_dapo_s{s}", "decode", f"replacement + extrapolation sweep, dapo/s{s}", lambda s=s: self.decode("dapo", BASELINE_ARM, s))
+                  for s in spec.seeds]
         if len(spec.arms) > 1:
-            steps.append(Step("decode_best", "decode", "extrapolation sweep, best reweighted arm", lambda: self.decode("best", None)))
+            steps += [Step(f"decode_best_s{s}", "decode", f"extrapolation sweep, best reweighted arm, s{s}", lambda s=s: self.decode("best", None, s))
+                      for s in spec.seeds]
         return steps
 
     def _tool(self, key: str, main: Callable[[list[str]], int | None], argv: list[str]) -> None:
@@ -346,66 +351,111 @@ class Study:
         self._tool(f"support_{run.arm}_s{run.seed}", main, argv)
         return {"support": str(out.relative_to(self.out))}
 
-    def _prompt_subset(self, limit: int) -> Path:
-        """The first ``limit`` test problems as a parquet (the direction analysis reads a whole file)."""
+    def run_of(self, arm: str, seed: int) -> Run:
+        return next(r for r in self.runs if r.arm == arm and r.seed == seed)
+
+    def seed_prompts(self, total: int, seed: int) -> tuple[int, int]:
+        """``(first, count)``: the test problems of one seed's analysis or decoding step.
+
+        A section's prompt budget ``total`` (:class:`StudySpec` ``analysis_prompts`` / ``decode_prompts``) is
+        split over the seeds: ``count = max(1, total // seeds)`` prompts each (at most the problems evaluated,
+        ``test_limit`` or all), and the i-th seed of ``spec.seeds`` starts at problem ``i · count``, wrapping
+        around: the seeds see different problems, together at most ``total`` of them (unless there are more
+        seeds than ``total``), so the section costs about what one seed with ``total`` prompts cost.
+        """
+        import pyarrow.parquet as pq
+
+        spec = self.spec
+        available = pq.ParquetFile(self.test_data).metadata.num_rows
+        if spec.test_limit is not None:
+            available = min(available, spec.test_limit)
+        count = min(available, max(1, total // len(spec.seeds)))
+        return (spec.seeds.index(seed) * count) % available, count
+
+    def _prompt_subset(self, total: int, seed: int) -> Path:
+        """:meth:`seed_prompts` of the test data as a parquet (the direction analysis reads a whole file)."""
         import pandas as pd
 
         from reweight.io import write_parquet_atomic
 
-        path = self.out / "analysis" / f"prompts_{limit}.parquet"
+        first, count = self.seed_prompts(total, seed)
+        path = self.out / "prompts" / f"s{seed}_{first}_{count}.parquet"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_parquet_atomic(path, pd.read_parquet(self.test_data).head(limit))
+            data = pd.read_parquet(self.test_data)
+            if self.spec.test_limit is not None:
+                data = data.head(self.spec.test_limit)
+            rows = [(first + i) % len(data) for i in range(count)]
+            write_parquet_atomic(path, data.iloc[rows].reset_index(drop=True))
         return path
 
-    def analyse(self, arm: str) -> dict[str, Any]:
+    def analyse(self, arm: str, seed: int) -> dict[str, Any]:
         from reweight.analysis.cli import main
 
         spec = self.spec
-        out = self.out / "analysis" / arm
+        out = self.out / "analysis" / arm / f"s{seed}"
+        prompts = self._prompt_subset(spec.analysis_prompts, seed)
         argv = [
-            "--base", self.base_model, "--rl", self.model_of(self.first_run(arm)),
-            "--prompts", str(self._prompt_subset(min(spec.analysis_prompts, spec.test_limit or spec.analysis_prompts))), "--generate-with", "base,rl",
+            "--base", self.base_model, "--rl", self.model_of(self.run_of(arm, seed)),
+            "--prompts", str(prompts), "--generate-with", "base,rl",
             "--samples-per-prompt", str(spec.analysis_samples), "--max-new-tokens", str(self.max_new_tokens),
             "--temperature", str(spec.temperature), "--num-workers", "1", "--out", str(out), "--no-progress",
+            "--no-figure",  # the report draws Fig. 1b from all seeds' tokens
         ]
-        self._tool(f"analysis_{arm}", main, argv)
-        return {"analysis": str(out.relative_to(self.out))}
+        self._tool(f"analysis_{arm}_s{seed}", main, argv)
+        return {"arm": arm, "seed": seed, "analysis": str(out.relative_to(self.out)), "prompts": str(prompts.relative_to(self.out))}
+
+    def avg_at_n(self, run: Run | None) -> float:
+        """avg@n of a run's model (None: the base) on the study's test evaluation (``eval/``)."""
+        from reweight.evaluation.records import read_results
+
+        results = read_results(self.eval_path(run))[1]
+        return sum(sum(p.correct) / p.n for p in results) / len(results)
 
     def best_reweighted_arm(self) -> str:
         """The non-baseline arm with the highest avg@n (mean over seeds), from the evaluation results."""
-        from reweight.evaluation.records import read_results
 
         def score(arm: str) -> float:
-            accs = []
-            for r in self.runs:
-                if r.arm == arm:
-                    results = read_results(self.eval_path(r))[1]
-                    accs.append(sum(sum(p.correct) / p.n for p in results) / len(results))
+            accs = [self.avg_at_n(r) for r in self.runs if r.arm == arm]
             return sum(accs) / len(accs)
 
         return max((a for a in self.spec.arms if a != BASELINE_ARM), key=score)
 
-    def decode(self, label: str, arm: str | None) -> dict[str, Any]:
+    def decode(self, label: str, arm: str | None, seed: int) -> dict[str, Any]:
+        """One seed's decoding sweep: ``dapo`` (the Fig. 1c τ grid and Fig. 4) or ``best`` (Fig. 4 only).
+
+        Every dapo seed decodes the τ grid, so its curve is in report.json whatever it scores; the step records
+        the seed's test avg@n and the base's, and whether it enters the recovery curve
+        (:func:`reweight.study.report.rl_beats_base`).
+        """
         from reweight.decoding.cli import main
+        from reweight.study.report import rl_beats_base
 
         spec = self.spec
         arm = arm or self.best_reweighted_arm()
-        out = self.out / "decode" / label
+        run = self.run_of(arm, seed)
+        out = self.out / "decode" / label / f"s{seed}"
+        prompts = self._prompt_subset(spec.decode_prompts, seed)
+        rl_avg, base_avg = self.avg_at_n(run), self.avg_at_n(None)
+        replacement = label == "dapo"
         argv = [
-            "sweep", "--base", self.base_model, "--rl", self.model_of(self.first_run(arm)), "--data", self.test_data,
-            "--limit", str(min(spec.decode_prompts, spec.test_limit or spec.decode_prompts)), "--n", str(spec.decode_n), "--max-new-tokens", str(self.max_new_tokens),
+            "sweep", "--base", self.base_model, "--rl", self.model_of(run), "--data", str(prompts),
+            "--n", str(spec.decode_n), "--max-new-tokens", str(self.max_new_tokens),
             "--temperature", str(spec.temperature), "--top-p", str(spec.decode_top_p), "--out", str(out),
             "--extrapolate-tau", str(spec.extrapolate_tau), "--gammas", ",".join(str(g) for g in spec.gammas),
             "--no-progress",
         ]
-        if label == "dapo":  # the full replacement grid (Fig. 1c) on the DAPO model; Fig. 4 only on the best arm
+        if replacement:  # the full replacement grid (Fig. 1c) on the DAPO model; Fig. 4 only on the best arm
             for criterion, taus in spec.grids.items():
                 argv += ["--grid", f"{criterion}=" + ",".join(str(t) for t in taus)]
         else:
             argv += ["--grid", f"logp_diff={spec.extrapolate_tau}"]
-        self._tool(f"decode_{label}", main, argv)
-        return {"arm": arm, "sweep": str(out.relative_to(self.out))}
+        self._tool(f"decode_{label}_s{seed}", main, argv)
+        return {
+            "arm": arm, "seed": seed, "sweep": str(out.relative_to(self.out)), "prompts": str(prompts.relative_to(self.out)),
+            "rl_avg_at_n": rl_avg, "base_avg_at_n": base_avg, "replacement_grid": replacement,
+            "rl_beats_base": rl_beats_base(rl_avg, base_avg),
+        }
 
     # -------------------------------------------------------------------------------------------- run
 

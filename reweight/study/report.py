@@ -21,6 +21,7 @@ from reweight.io import save_figure_atomic, write_json_atomic, write_text_atomic
 from reweight.study.spec import BASELINE_ARM, PAIRED_SAMPLING
 from reweight.study.stats import (
     mean_ci,
+    nested_mean_ci,
     paired_difference,
     pass_at_k_matrix,
     results_matrix,
@@ -203,47 +204,91 @@ def plot_training(training: Mapping[str, Any], path: Path) -> None:
     _save(fig, path)
 
 
-# ---------------------------------------------------------------------------------------- direction
+# ---------------------------------------------------------------------------------------- per-seed sections
+#
+# The direction analysis, the replacement sweep and the extrapolation sweep run once per seed of the arms
+# concerned, each seed on its own slice of test prompts (Study.seed_prompts). Every quantity is reported as
+# the mean over seeds with a 95% percentile bootstrap interval (reweight.study.stats.nested_mean_ci): over
+# seeds and, within each seed, its prompts where per-prompt records exist (decoding accuracy), over seeds
+# alone for quantities of a whole token population (the analysis' quantiles, the replacement ratio). The
+# per-seed values are in report.json under ``per_seed``.
+
+
+def _seed_ci(values: Sequence[float], resamples: int, seed: int) -> dict[str, Any]:
+    """Mean over seeds and the percentile bootstrap interval over seeds of one value per seed."""
+    return nested_mean_ci([[v] for v in values], resamples, seed=seed)
+
+
+def _step_info(study: "Study", key: str) -> dict[str, Any]:
+    path = study.out / "steps" / f"{key}.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+# Scalars of one reweight-analyze summary reported per seed: name → (metric, statistic) or |Δlog p| threshold.
+ANALYSIS_VALUES: dict[str, tuple[str, str]] = {
+    "delta_logp_q05": ("delta_logp", "0.05"), "delta_logp_q50": ("delta_logp", "0.5"), "delta_logp_q95": ("delta_logp", "0.95"),
+    "frac_abs_delta_logp_above_0.5": ("abs_delta_logp_above", "0.5"), "frac_abs_delta_logp_above_1.0": ("abs_delta_logp_above", "1.0"),
+    "kl_rl_base_mean": ("kl_rl_base", "mean"), "entropy_rl_mean": ("entropy_rl", "mean"),
+}
+
+
+def analysis_values(summary: Mapping[str, Any]) -> dict[str, float | None]:
+    """The :data:`ANALYSIS_VALUES` of one reweight-analyze ``summary.json`` (over both sources' tokens)."""
+    out: dict[str, float | None] = {}
+    for name, (metric, stat) in ANALYSIS_VALUES.items():
+        if metric == "abs_delta_logp_above":
+            out[name] = (summary.get(metric) or {}).get("all", {}).get(stat)
+            continue
+        entry = summary.get("metrics", {}).get(metric, {}).get("all", {})
+        out[name] = entry.get(stat) if stat == "mean" else (entry.get("quantiles") or {}).get(stat)
+    return out
 
 
 def analysis_section(study: "Study") -> dict[str, Any]:
+    """Per arm: each seed's analysis values (:data:`ANALYSIS_VALUES`) and their mean over seeds with a 95% interval."""
     out = {}
-    for arm in study.spec.arms:
-        path = study.out / "analysis" / arm / "summary.json"
-        if not path.exists():
+    for i, arm in enumerate(study.spec.arms):
+        per_seed = {}
+        for r in (r for r in study.runs if r.arm == arm):
+            path = study.out / "analysis" / arm / f"s{r.seed}" / "summary.json"
+            if path.exists():
+                summary = json.loads(path.read_text())
+                per_seed[str(r.seed)] = {"n_tokens": summary.get("n_tokens"), **analysis_values(summary)}
+        if not per_seed:
             continue
-        summary = json.loads(path.read_text())
-        out[arm] = {
-            "n_tokens": summary.get("n_tokens"),
-            "abs_delta_logp_above": summary.get("abs_delta_logp_above", {}).get("all"),
-            "quantiles": {m: summary["metrics"][m]["all"] for m in HIST_METRICS if m in summary.get("metrics", {})},
-            "per_source_means": summary.get("per_source_means"),
-        }
+        stats = {}
+        for j, name in enumerate(ANALYSIS_VALUES):
+            vals = [v[name] for v in per_seed.values() if v[name] is not None]
+            if vals:
+                stats[name] = _seed_ci(vals, study.spec.bootstrap, seed=100 * i + j)
+        out[arm] = {"seeds": [int(s) for s in per_seed], "n_tokens": sum(v["n_tokens"] or 0 for v in per_seed.values()),
+                    "mean_ci": stats, "per_seed": per_seed}
     return out
 
 
 def plot_fig1b(study: "Study", path: Path) -> bool:
-    """Histograms of Δlog p, RL entropy and KL over the tokens of each arm's own responses (and the base's)."""
+    """Histograms of Δlog p, RL entropy and KL over the tokens of each arm's own responses (and the base's), all seeds pooled."""
     import pyarrow.parquet as pq
 
     from reweight.analysis.report import histogram_figure
 
     values: dict[str, dict[str, np.ndarray]] = {}
     for arm in study.spec.arms:
-        tokens_path = study.out / "analysis" / arm / "tokens.parquet"
-        if not tokens_path.exists():
+        parts = sorted((study.out / "analysis" / arm).glob("s*/tokens.parquet"))
+        if not parts:
             continue
-        table = pq.read_table(tokens_path, columns=["source", *HIST_METRICS])
-        source = np.asarray(table.column("source").to_pylist(), dtype=object)
+        tables = [pq.read_table(p, columns=["source", *HIST_METRICS]) for p in parts]
+        source = np.concatenate([np.asarray(t.column("source").to_pylist(), dtype=object) for t in tables])
+        cols = {m: np.concatenate([t.column(m).to_numpy() for t in tables]) for m in HIST_METRICS}
         if "base" not in values and arm == BASELINE_ARM:
-            values["base"] = {m: table.column(m).to_numpy()[source == "base"] for m in HIST_METRICS}
-        values[arm] = {m: table.column(m).to_numpy()[source == "rl"] for m in HIST_METRICS}
+            values["base"] = {m: cols[m][source == "base"] for m in HIST_METRICS}
+        values[arm] = {m: cols[m][source == "rl"] for m in HIST_METRICS}
     if not values:
         return False
     import matplotlib.pyplot as plt
 
     fig = histogram_figure(values, HIST_METRICS)
-    fig.suptitle("Fig. 1(b): base vs each arm's model, on each model's own responses (test prompts)", fontsize=9)
+    fig.suptitle("Fig. 1(b): base vs each arm's model, on each model's own responses (test prompts, all seeds pooled)", fontsize=9)
     save_figure_atomic(fig, path, dpi=110)
     plt.close(fig)
     return True
@@ -252,9 +297,38 @@ def plot_fig1b(study: "Study", path: Path) -> bool:
 # ---------------------------------------------------------------------------------------- decoding
 
 
-def _sweep_rows(study: "Study", label: str) -> list[dict[str, Any]]:
-    path = study.out / "decode" / label / "results.json"
+def _sweep_dir(study: "Study", label: str, seed: int) -> Path:
+    return study.out / "decode" / label / f"s{seed}"
+
+
+def _sweep_rows(study: "Study", label: str, seed: int) -> list[dict[str, Any]]:
+    path = _sweep_dir(study, label, seed) / "results.json"
     return json.loads(path.read_text()) if path.exists() else []
+
+
+def prompt_accuracies(sweep_dir: Path, key: str) -> list[float]:
+    """Per prompt, the fraction of its samples that are correct at one grid point (``points/<key>.samples.jsonl``), ``(P,)``."""
+    by_prompt: dict[int, list[bool]] = {}
+    for line in (sweep_dir / "points" / f"{key}.samples.jsonl").read_text().splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            by_prompt.setdefault(int(rec["prompt_index"]), []).append(bool(rec["correct"]))
+    return [sum(v) / len(v) for _, v in sorted(by_prompt.items())]
+
+
+def _point(rows: Sequence[Mapping[str, Any]], criterion: str, mode: str = "replace", tau: float | None = None,
+           gamma: float | None = None) -> Mapping[str, Any] | None:
+    for r in rows:
+        if r["criterion"] == criterion and r["mode"] == mode and (tau is None or abs(r["tau"] - tau) < 1e-9) \
+                and (gamma is None or abs(r["gamma"] - gamma) < 1e-9):
+            return r
+    return None
+
+
+def _point_ci(study: "Study", label: str, seeds: Sequence[int], key: str, rng_seed: int) -> dict[str, Any]:
+    """Accuracy at one grid point over ``seeds``: mean over seeds, nested bootstrap over seeds and prompts."""
+    groups = [prompt_accuracies(_sweep_dir(study, label, s), key) for s in seeds]
+    return nested_mean_ci(groups, study.spec.bootstrap, seed=rng_seed)
 
 
 def recovery_ratios(rows: Sequence[Mapping[str, Any]], fraction: float = RECOVERY) -> dict[str, Any]:
@@ -276,53 +350,162 @@ def recovery_ratios(rows: Sequence[Mapping[str, Any]], fraction: float = RECOVER
     return out
 
 
-def plot_fig1c(rows: Sequence[Mapping[str, Any]], recovery: Mapping[str, Any], path: Path) -> None:
+REPLACEMENT_RULE = (
+    "a seed's dapo model enters Fig. 1c when its avg@n minus the base's avg@n on the study's test evaluation "
+    "(eval/dapo/s<seed>.jsonl vs eval/base.jsonl: the same problems, n samples each) is > 0"
+)
+
+
+def rl_beats_base(rl_avg_at_n: float, base_avg_at_n: float) -> bool:
+    """:data:`REPLACEMENT_RULE`: the RL model's test avg@n exceeds the base's (no gap, nothing to recover)."""
+    return rl_avg_at_n - base_avg_at_n > 0
+
+
+def select_replacement_seeds(per_seed: Mapping[str, Mapping[str, Any]]) -> tuple[list[int], list[dict[str, Any]]]:
+    """``(used, excluded)`` seeds of Fig. 1c from each seed's ``rl_avg_at_n``, ``base_avg_at_n`` and ``has_grid``.
+
+    A seed is used when :func:`rl_beats_base` holds and its sweep has the replacement grid; every other seed
+    is listed in ``excluded`` with its numbers and the reason.
+    """
+    used, excluded = [], []
+    for seed, e in per_seed.items():
+        rl, base = e["rl_avg_at_n"], e["base_avg_at_n"]
+        if not rl_beats_base(rl, base):
+            excluded.append({"seed": int(seed), "rl_avg_at_n": rl, "base_avg_at_n": base,
+                             "reason": f"RL avg@n {_pct(rl)} ≤ base {_pct(base)} on the test evaluation"})
+        elif not e.get("has_grid"):
+            excluded.append({"seed": int(seed), "rl_avg_at_n": rl, "base_avg_at_n": base, "reason": "no replacement sweep output"})
+        else:
+            used.append(int(seed))
+    return used, excluded
+
+
+def replacement_section(study: "Study") -> dict[str, Any]:
+    """Fig. 1c over the dapo seeds whose RL model beats the base (:data:`REPLACEMENT_RULE`).
+
+    Per seed: both avg@n, the decision, the sweep's own base / RL accuracy and its recovery ratios. Over the
+    used seeds: per criterion and τ the mean accuracy (nested bootstrap interval) and mean replacement ratio
+    (interval over seeds); the recovery ratio is read off these mean curves (:func:`recovery_ratios`).
+    """
+    spec = study.spec
+    base_avg = study.avg_at_n(None)
+    per_seed: dict[str, dict[str, Any]] = {}
+    for seed in spec.seeds:
+        rl_avg = study.avg_at_n(study.run_of(BASELINE_ARM, seed))
+        rows = _sweep_rows(study, "dapo", seed)
+        rec = recovery_ratios(rows) if rows else {}
+        per_seed[str(seed)] = {
+            "rl_avg_at_n": rl_avg, "base_avg_at_n": base_avg, "gain": rl_avg - base_avg,
+            "has_grid": bool(rows) and bool(_step_info(study, f"decode_dapo_s{seed}").get("replacement_grid")),
+            "sweep_base_accuracy": rec.get("base_accuracy"), "sweep_rl_accuracy": rec.get("rl_accuracy"),
+            "recovery_ratio": rec.get("ratio"),
+        }
+    used, excluded = select_replacement_seeds(per_seed)
+    out: dict[str, Any] = {"rule": REPLACEMENT_RULE, "used_seeds": used, "excluded": excluded, "per_seed": per_seed, "curve": {}}
+    if not used:
+        return out
+    rows_by_seed = {s: _sweep_rows(study, "dapo", s) for s in used}
+    first = rows_by_seed[used[0]]
+    points = sorted({(r["criterion"], r["tau"]) for r in first if r["mode"] == "replace"})
+    mean_rows = []
+    for j, (crit, tau) in enumerate(points):
+        seed_rows = [_point(rows_by_seed[s], crit, tau=None if crit in ("none", "all") else tau) for s in used]
+        if any(r is None for r in seed_rows):
+            continue
+        acc = _point_ci(study, "dapo", used, seed_rows[0]["key"], rng_seed=2000 + j)
+        ratio = _seed_ci([r["replacement_ratio"] for r in seed_rows], spec.bootstrap, seed=3000 + j)
+        mean_rows.append({"criterion": crit, "tau": tau, "mode": "replace", "accuracy": acc["mean"], "replacement_ratio": ratio["mean"]})
+        if crit == "none":
+            out["base_accuracy"] = acc
+        elif crit == "all":
+            out["rl_accuracy"] = acc
+        else:
+            out["curve"].setdefault(crit, []).append({"tau": tau, "accuracy": acc, "replacement_ratio": ratio})
+    rec = recovery_ratios(mean_rows)
+    out.update(target_accuracy=rec.get("target_accuracy"), rl_above_base=rec.get("rl_above_base"), ratio=rec.get("ratio", {}))
+    return out
+
+
+def _errorbar(ax, xs, entries, **kwargs):
+    """Means of ``entries`` ({"mean", "ci95"}) at ``xs`` with their intervals as error bars; the line."""
+    ys = np.array([e["mean"] for e in entries], dtype=float)
+    lo = ys - np.array([e["ci95"][0] for e in entries], dtype=float)
+    hi = np.array([e["ci95"][1] for e in entries], dtype=float) - ys
+    return ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, **kwargs)
+
+
+def plot_fig1c(rec: Mapping[str, Any], path: Path) -> None:
     fig, ax = _figure(figsize=(6, 4))
-    for crit in sorted({r["criterion"] for r in rows if r["mode"] == "replace"} - {"none", "all"}):
-        pts = sorted((r["replacement_ratio"], r["accuracy"]) for r in rows if r["criterion"] == crit and r["mode"] == "replace")
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=crit)
-    if recovery:
-        ax.axhline(recovery["base_accuracy"], color="gray", linestyle="--", label="base")
-        ax.axhline(recovery["rl_accuracy"], color="black", linestyle="--", label="RL (dapo)")
-        if recovery["target_accuracy"] is not None:
-            ax.axhline(recovery["target_accuracy"], color="black", linestyle=":", label=f"{RECOVERY:.0%} recovery")
+    for crit, pts in sorted(rec.get("curve", {}).items()):
+        pts = sorted(pts, key=lambda p: p["replacement_ratio"]["mean"])
+        xs = [p["replacement_ratio"]["mean"] for p in pts]
+        xerr = [[x - p["replacement_ratio"]["ci95"][0] for x, p in zip(xs, pts)], [p["replacement_ratio"]["ci95"][1] - x for x, p in zip(xs, pts)]]
+        _errorbar(ax, xs, [p["accuracy"] for p in pts], xerr=xerr, label=crit)
+    for key, color, label in (("base_accuracy", "gray", "base"), ("rl_accuracy", "black", "RL (dapo)")):
+        if key in rec:
+            ax.axhline(rec[key]["mean"], color=color, linestyle="--", label=label)
+            ax.axhspan(*rec[key]["ci95"], color=color, alpha=0.1)
+    if rec.get("target_accuracy") is not None:
+        ax.axhline(rec["target_accuracy"], color="black", linestyle=":", label=f"{RECOVERY:.0%} recovery")
+    used = rec.get("used_seeds", [])
     ax.set_xlabel("replacement ratio (fraction of generated tokens)")
     ax.set_ylabel("accuracy (test prompts)")
-    ax.set_title("Fig. 1(c): selective replacement, base → dapo model", fontsize=9)
+    ax.set_title(f"Fig. 1(c): selective replacement, base → dapo model\nmean over seeds {used}, 95% CI (accuracy: seeds and prompts)"
+                 if used else "Fig. 1(c): no dapo seed beats the base; nothing to recover", fontsize=8)
     ax.set_xlim(left=0)
     _save(fig, path)
 
 
 def extrapolation_section(study: "Study") -> dict[str, Any]:
+    """Fig. 4 per sweep (``dapo``, ``best``): per seed the RL, replacement (τ) and γ accuracies; mean over seeds, 95% CI."""
+    spec, tau = study.spec, study.spec.extrapolate_tau
     out = {}
-    for label in ("dapo", "best"):
-        rows = _sweep_rows(study, label)
-        if not rows:
+    for i, label in enumerate(("dapo", "best")):
+        per_seed, keys, arm = {}, {}, None
+        for seed in spec.seeds:
+            rows = _sweep_rows(study, label, seed)
+            if not rows:
+                continue
+            arm = _step_info(study, f"decode_{label}_s{seed}").get("arm", arm or label)
+            rl, rep = _point(rows, "all"), _point(rows, "logp_diff", tau=tau)
+            gam = {str(r["gamma"]): r for r in rows if r["mode"] == "extrapolate"}
+            per_seed[str(seed)] = {"rl_accuracy": rl and rl["accuracy"], "replace_accuracy": rep and rep["accuracy"],
+                                   "gamma": {g: r["accuracy"] for g, r in gam.items()}}
+            keys[seed] = {"rl": rl and rl["key"], "replace": rep and rep["key"], **{g: r["key"] for g, r in gam.items()}}
+        if not per_seed:
             continue
-        step = study.out / "steps" / f"decode_{label}.json"
-        arm = json.loads(step.read_text()).get("arm") if step.exists() else label
-        tau = study.spec.extrapolate_tau
+        seeds = sorted(keys)
+
+        def ci(name: str, j: int) -> dict[str, Any] | None:
+            if any(keys[s].get(name) is None for s in seeds):
+                return None
+            groups = [prompt_accuracies(_sweep_dir(study, label, s), keys[s][name]) for s in seeds]
+            return nested_mean_ci(groups, spec.bootstrap, seed=4000 + 100 * i + j)
+
+        gammas = sorted({g for s in seeds for g in keys[s] if g not in ("rl", "replace")}, key=float)
         out[label] = {
-            "arm": arm,
-            "rl_accuracy": next((r["accuracy"] for r in rows if r["criterion"] == "all" and r["mode"] == "replace"), None),
-            "replace_accuracy": next((r["accuracy"] for r in rows if r["criterion"] == "logp_diff" and r["mode"] == "replace" and abs(r["tau"] - tau) < 1e-9), None),
-            "gamma": {str(r["gamma"]): r["accuracy"] for r in rows if r["mode"] == "extrapolate"},
+            "arm": arm, "seeds": seeds, "rl_accuracy": ci("rl", 0), "replace_accuracy": ci("replace", 1),
+            "gamma": {g: ci(g, 2 + j) for j, g in enumerate(gammas)}, "per_seed": per_seed,
         }
     return out
 
 
 def plot_fig4(extra: Mapping[str, Any], path: Path, tau: float) -> None:
     fig, ax = _figure(figsize=(6, 4))
-    for label, entry in extra.items():
-        gammas = sorted(float(g) for g in entry["gamma"])
-        xs = [0.0] + gammas
-        ys = [entry["replace_accuracy"]] + [entry["gamma"][str(g)] for g in gammas]
-        line = ax.plot(xs, ys, marker="o", label=f"{entry['arm']}: selective extrapolation (τ={tau})")[0]
+    for k, (label, entry) in enumerate(extra.items()):
+        gammas = sorted(float(g) for g, e in entry["gamma"].items() if e is not None)
+        pts = [(0.0, entry["replace_accuracy"])] if entry["replace_accuracy"] else []
+        pts += [(g, entry["gamma"][str(g)]) for g in gammas]
+        offset = 0.004 * k  # the two sweeps' error bars side by side
+        line = _errorbar(ax, [x + offset for x, _ in pts], [e for _, e in pts],
+                         label=f"{entry['arm']}: selective extrapolation (τ={tau}), {len(entry['seeds'])} seed(s)")
         if entry["rl_accuracy"] is not None:
-            ax.axhline(entry["rl_accuracy"], color=line.get_color(), linestyle="--", label=f"{entry['arm']}: RL model alone")
+            color = line[0].get_color()
+            ax.axhline(entry["rl_accuracy"]["mean"], color=color, linestyle="--", label=f"{entry['arm']}: RL model alone")
+            ax.axhspan(*entry["rl_accuracy"]["ci95"], color=color, alpha=0.08)
     ax.set_xlabel("γ (γ = 0: plain replacement)")
     ax.set_ylabel("accuracy (test prompts)")
-    ax.set_title("Fig. 4: test-time extrapolation π ∝ π_RL·exp(γ Δlog p)", fontsize=9)
+    ax.set_title("Fig. 4: test-time extrapolation π ∝ π_RL·exp(γ Δlog p)\nmean over seeds, 95% CI over seeds and prompts", fontsize=9)
     _save(fig, path, legend_size=7)
 
 
@@ -350,6 +533,75 @@ def support_section(study: "Study") -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------- assembly
+
+
+def _cell(entry: Mapping[str, Any] | None, scale: float = 100.0, fmt: str = ".1f") -> str:
+    """``mean [lo, hi]`` of a {"mean", "ci95"} entry (scaled: 100 for %), or — when missing."""
+    if not entry or entry.get("mean") is None:
+        return "—"
+    lo, hi = entry["ci95"]
+    return f"{scale * entry['mean']:{fmt}} [{scale * lo:{fmt}}, {scale * hi:{fmt}}]"
+
+
+def _seed_sections_markdown(report: Mapping[str, Any]) -> list[str]:
+    """The direction analysis, replacement and extrapolation sections: mean over seeds [95% interval], seeds named."""
+    lines = ["## Direction analysis (Fig. 1b)", ""]
+    if report["analysis"]:
+        lines.append(
+            "`reweight-analyze` of the base against every seed's model, each seed on its own test prompts; mean over "
+            "seeds [95% percentile bootstrap interval over seeds] (one seed: no interval). Per-seed values: report.json "
+            "`analysis.<arm>.per_seed`. Histograms: all seeds' tokens pooled."
+        )
+        lines += ["", "| arm | seeds | tokens | Δlog p q05 | q50 | q95 | % \\|Δlog p\\| > 0.5 | > 1.0 | mean KL(RL‖base) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for arm, a in report["analysis"].items():
+            m = a["mean_ci"]
+            cells = [_cell(m.get(f"delta_logp_q{q}"), 1.0, ".2f") for q in ("05", "50", "95")]
+            cells += [_cell(m.get("frac_abs_delta_logp_above_0.5")), _cell(m.get("frac_abs_delta_logp_above_1.0")),
+                      _cell(m.get("kl_rl_base_mean"), 1.0, ".3f")]
+            lines.append(f"| {arm} | {a['seeds']} | {a['n_tokens']} | " + " | ".join(cells) + " |")
+        lines += ["", "![Fig. 1b](fig1b_histograms.png)"]
+    else:
+        lines.append("No analysis output.")
+    lines += ["", "## Selective token replacement (Fig. 1c)", ""]
+    rec = report["replacement"]
+    if rec and rec.get("per_seed"):
+        lines.append(f"Rule: {rec['rule']}.")
+        lines += ["", "| dapo seed | avg@n RL | avg@n base | gain | used | sweep base | sweep RL |", "|---|---|---|---|---|---|---|"]
+        for seed, e in rec["per_seed"].items():
+            used = "yes" if int(seed) in rec["used_seeds"] else "no"
+            lines.append(f"| {seed} | {_pct(e['rl_avg_at_n'])} | {_pct(e['base_avg_at_n'])} | {100 * e['gain']:+.1f} | {used} | "
+                         f"{_pct(e['sweep_base_accuracy'])} | {_pct(e['sweep_rl_accuracy'])} |")
+        lines.append("")
+        for ex in rec["excluded"]:
+            lines.append(f"- seed {ex['seed']} excluded: {ex['reason']}.")
+        if rec["excluded"]:
+            lines.append("")
+        if not rec["used_seeds"]:
+            lines.append("No dapo seed's model beats the base on the test evaluation: there is no gap for replacement to "
+                         "recover, and no recovery curve or ratio is reported.")
+        else:
+            lines.append(
+                f"Over seeds {rec['used_seeds']} (mean [95% interval over seeds and prompts]): base {_cell(rec.get('base_accuracy'))}, "
+                f"RL {_cell(rec.get('rl_accuracy'))} on the sweep's prompts and sampling (top-p {report['settings']['decode_top_p']})."
+            )
+            if not rec.get("rl_above_base"):
+                lines.append("On the sweep's prompts the mean RL accuracy is not above the mean base accuracy, so no recovery ratio is reported.")
+            else:
+                lines.append(f"Replacement ratio at which the mean curve reaches base + {RECOVERY:.0%} of the gap ({_pct(rec['target_accuracy'])}):")
+                lines += [f"- `{c}`: " + ("not reached on the grid" if r is None else f"{100 * r:.1f}% of tokens") for c, r in rec["ratio"].items()]
+        lines += ["", "![Fig. 1c](fig1c_replacement.png)"]
+    else:
+        lines.append("No replacement sweep output.")
+    lines += ["", "## Test-time extrapolation (Fig. 4)", ""]
+    if report["extrapolation"]:
+        lines.append("Accuracy on each seed's sweep prompts, mean over seeds [95% interval over seeds and prompts]; per seed in report.json.")
+    for e in report["extrapolation"].values():
+        gs = ", ".join(f"γ={g}: {_cell(v)}" for g, v in sorted(e["gamma"].items(), key=lambda kv: float(kv[0])))
+        lines.append(f"- {e['arm']} (seeds {e['seeds']}): RL alone {_cell(e['rl_accuracy'])}, replace {_cell(e['replace_accuracy'])}, {gs}")
+    if report["extrapolation"]:
+        lines += ["", "![Fig. 4](fig4_extrapolation.png)"]
+    return lines
 
 
 def render_markdown(report: Mapping[str, Any]) -> str:
@@ -387,43 +639,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         firsts = [list(v["val_accuracy"].values())[0] for v in seeds.values() if v["val_accuracy"]]
         if finals:
             lines.append(f"- {arm}: validation accuracy {_pct(float(np.mean(firsts)))} → {_pct(float(np.mean(finals)))} (mean over {len(finals)} seed(s))")
-    lines += ["", "![pass@k](pass_at_k.png)", "", "## Direction analysis (Fig. 1b)", ""]
-    if report["analysis"]:
-        lines += ["| arm | tokens | Δlog p q05 / q50 / q95 | frac. \\|Δlog p\\| > 0.5 | > 1.0 | mean KL(RL‖base) |", "|---|---|---|---|---|---|"]
-        for arm, a in report["analysis"].items():
-            q = a["quantiles"].get("delta_logp", {})
-            qs = q.get("quantiles", {}) if isinstance(q.get("quantiles"), dict) else {}
-            qtxt = " / ".join(f"{qs[k]:.2f}" if qs.get(k) is not None else "—" for k in ("0.05", "0.5", "0.95")) if qs else "—"
-            above = a.get("abs_delta_logp_above") or {}
-            kl = a["quantiles"].get("kl_rl_base", {}).get("mean")
-            lines.append(f"| {arm} | {a['n_tokens']} | {qtxt} | {_pct(above.get('0.5'))} | {_pct(above.get('1.0'))} | {kl if kl is None else f'{kl:.3f}'} |")
-        lines += ["", "![Fig. 1b](fig1b_histograms.png)"]
-    else:
-        lines.append("No analysis output.")
-    lines += ["", "## Selective token replacement (Fig. 1c)", ""]
-    rec = report["replacement"]
-    if rec and not rec["rl_above_base"]:
-        lines.append(
-            f"Base → dapo model: base accuracy {_pct(rec['base_accuracy'])}, RL {_pct(rec['rl_accuracy'])} on the sweep's "
-            "prompts and sampling (top-p 0.7): the RL model is not more accurate than the base here, so there is no gap "
-            "for replacement to recover and no recovery ratio is reported."
-        )
-        lines += ["", "![Fig. 1c](fig1c_replacement.png)"]
-    elif rec:
-        lines.append(
-            f"Base → dapo model: base accuracy {_pct(rec['base_accuracy'])}, RL {_pct(rec['rl_accuracy'])}; replacement ratio "
-            f"needed to reach base + {RECOVERY:.0%} of the gap ({_pct(rec['target_accuracy'])}):"
-        )
-        lines += [f"- `{c}`: " + ("not reached on the grid" if r is None else f"{100 * r:.1f}% of tokens") for c, r in rec["ratio"].items()]
-        lines += ["", "![Fig. 1c](fig1c_replacement.png)"]
-    else:
-        lines.append("No replacement sweep output.")
-    lines += ["", "## Test-time extrapolation (Fig. 4)", ""]
-    for label, e in report["extrapolation"].items():
-        gs = ", ".join(f"γ={g}: {_pct(v)}" for g, v in sorted(e["gamma"].items(), key=lambda kv: float(kv[0])))
-        lines.append(f"- {e['arm']}: RL alone {_pct(e['rl_accuracy'])}, replace {_pct(e['replace_accuracy'])}, {gs}")
-    if report["extrapolation"]:
-        lines += ["", "![Fig. 4](fig4_extrapolation.png)"]
+    lines += ["", "![pass@k](pass_at_k.png)", ""]
+    lines += _seed_sections_markdown(report)
     lines += ["", "## Support (Invisible Leash), trained model vs base", ""]
     if report["support"]:
         lines.append(
@@ -444,7 +661,6 @@ def build_report(study: "Study") -> dict[str, Any]:
     from reweight.evaluation.records import read_results
 
     accuracy = accuracy_section(study)
-    rows = _sweep_rows(study, "dapo")
     return {
         "settings": study.spec.fingerprint(),
         "base_model": study.base_model,
@@ -455,7 +671,7 @@ def build_report(study: "Study") -> dict[str, Any]:
         "n": accuracy["n"], "arms": accuracy["arms"], "base": accuracy["base"], "comparisons": accuracy["comparisons"],
         "training": training_section(study),
         "analysis": analysis_section(study),
-        "replacement": recovery_ratios(rows),
+        "replacement": replacement_section(study),
         "extrapolation": extrapolation_section(study),
         "support": support_section(study),
         "support_k": study.spec.support_k or study.spec.n,
@@ -481,7 +697,7 @@ def write_report(study: "Study") -> dict[str, Path]:
     plot_training(report["training"], out / "training_curves.png")
     plot_pass_at_k(report["accuracy"], out / "pass_at_k.png")
     plot_fig1b(study, out / "fig1b_histograms.png")
-    plot_fig1c(_sweep_rows(study, "dapo"), report["replacement"], out / "fig1c_replacement.png")
+    plot_fig1c(report["replacement"], out / "fig1c_replacement.png")
     plot_fig4(report["extrapolation"], out / "fig4_extrapolation.png", study.spec.extrapolate_tau)
     report.pop("accuracy")
     data = _finite(report)

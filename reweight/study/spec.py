@@ -95,8 +95,15 @@ class StudySpec:
         temperature / top_p / max_new_tokens: evaluation sampling (None: the config's max response length).
         scorer: how a response is judged (``dapo``: exactly the training reward; see reweight-eval).
         bootstrap: resamples of the bootstrap intervals (problems and seeds resampled).
-        analysis_prompts / analysis_samples: test prompts and samples per prompt and model of the direction analysis.
-        decode_prompts / decode_n: test prompts and samples per prompt of the replacement / extrapolation sweeps.
+        analysis_prompts: test prompts of the direction analysis, in all, split over the seeds: every arm's model
+            of every seed is analysed on ``max(1, analysis_prompts // len(seeds))`` prompts of its own (seed i of
+            ``seeds`` starts at test problem i × that count, wrapping). Default 64, the budget the analysis had
+            when it ran on one seed only, so it costs about the same while its mean and interval span the seeds.
+        analysis_samples: samples per prompt and model (base, RL) of the direction analysis. Default 2.
+        decode_prompts: test prompts of each decoding sweep, in all, split over the seeds like ``analysis_prompts``.
+            Default 32 (the one-seed budget): with 10 seeds, 3 prompts per seed; the recovery curve and the γ grid
+            are means over seeds whose intervals resample seeds and prompts (docs/study.md).
+        decode_n: samples per prompt of the replacement / extrapolation sweeps. Default 4.
         grids: τ grid per replacement criterion (Fig. 1c); extrapolate_tau / gammas: the Fig. 4 grid.
         decode_top_p: top-p of the decoding sweeps (the paper's 0.7).
         support_k: sampling budget of the empirical support (None: n).

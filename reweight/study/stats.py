@@ -129,3 +129,35 @@ def verdict(name: str, baseline: str, delta: float, ci: Sequence[float], unit: f
         if need > seeds:
             out += f", ±{TARGET_RESOLUTION * unit:.0f} would take about {need} seeds per arm (projected from this spread)"
     return out + "."
+
+
+def nested_mean_ci(
+    groups: Sequence[Sequence[float]], resamples: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> dict[str, float | list[float]]:
+    """``{"mean", "ci95"}`` of per-seed groups of values: mean over seeds of each seed's mean, nested bootstrap.
+
+    ``groups[s]`` holds the values of seed ``s`` (e.g. the accuracy on each of its prompts, ``(P_s,)``; seeds
+    may hold different prompts and different counts). Each resample draws S seeds with replacement, then,
+    within every drawn seed, its P_s values with replacement, and averages the per-seed means (every seed
+    weighs the same). With one value per seed this is the percentile bootstrap over seeds; with one seed,
+    over that seed's values. The draws: ``rng.integers(0, S, (R, S))`` then ``rng.random((R, S, max P_s))``,
+    value index ``floor(u · P_s)`` (a test repeats them as loops).
+    """
+    arrays = [np.asarray(g, dtype=np.float64).ravel() for g in groups]
+    if not arrays or any(a.size == 0 for a in arrays):
+        raise ValueError("expected one or more seeds, each with one or more values")
+    s, width = len(arrays), max(a.size for a in arrays)
+    sizes = np.array([a.size for a in arrays])
+    padded = np.zeros((s, width))
+    for i, a in enumerate(arrays):
+        padded[i, : a.size] = a
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, s, size=(resamples, s))  # (R, S) drawn seeds
+    u = rng.random((resamples, s, width))  # (R, S, W)
+    n = sizes[picks]  # (R, S) values of each drawn seed
+    idx = np.minimum(np.floor(u * n[..., None]).astype(np.int64), width - 1)  # (R, S, W)
+    vals = padded[picks[..., None], idx]  # (R, S, W)
+    mask = np.arange(width)[None, None, :] < n[..., None]
+    means = ((vals * mask).sum(axis=2) / n).mean(axis=1)  # (R,)
+    lo, hi = np.quantile(means, [(1 - confidence) / 2, 1 - (1 - confidence) / 2])
+    return {"mean": float(np.mean([a.mean() for a in arrays])), "ci95": [float(lo), float(hi)]}
