@@ -170,3 +170,26 @@ def test_from_buffer_refuses_other_samplers():
     buffer = Custom.__new__(Custom)
     with pytest.raises(TypeError, match="sync ReplayBuffer"):
         PairedReplayBuffer.from_buffer(buffer, DrawOrder())
+
+
+def _run_config(freq: int, paired: bool):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create({"trainer": {"v1": {"trainer_mode": "sync"}}, "reweight": {"monitor": {"freq": freq}, "paired_refills": paired}})
+
+
+@pytest.mark.parametrize(("freq", "paired"), [(0, False), (10, False), (0, True), (10, True)])
+def test_one_trainer_subclass_carries_the_features_that_are_on(freq, paired):
+    from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY
+
+    from reweight.trainers import reweight_trainer
+
+    base = TRAINER_REGISTRY["sync"]
+    with reweight_trainer(_run_config(freq, paired)):
+        cls = TRAINER_REGISTRY["sync"]
+        names = [c.__name__ for c in cls.__mro__]
+        assert (cls is base) == (freq == 0 and not paired)  # nothing swapped when every feature is off
+        assert any(n.startswith("DirectionMonitored") for n in names) == (freq > 0)
+        assert any(n.startswith("PairedRefills") for n in names) == paired
+        assert issubclass(cls, base)
+    assert TRAINER_REGISTRY["sync"] is base
