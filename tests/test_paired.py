@@ -193,3 +193,30 @@ def test_one_trainer_subclass_carries_the_features_that_are_on(freq, paired):
         assert any(n.startswith("PairedRefills") for n in names) == paired
         assert issubclass(cls, base)
     assert TRAINER_REGISTRY["sync"] is base
+
+
+# step-1 metrics that depend on the step's rollouts only (which prompts, which responses, which groups kept)
+ROLLOUT_ONLY = ("response_length/", "prompt_length/", "critic/score/", "critic/rewards/", "global_seqlen/", "training/filter_groups/")
+
+
+def test_paired_study_arms_roll_out_identically_before_their_first_update(smoke_study):
+    """The smoke study trains ``dapo`` and ``low_prob`` at seed 1 with paired sampling (common random numbers +
+    paired refills). Before the first update both policies are the initial model, so step 1's rollouts, refills
+    and kept groups must be the same in both runs, up to the last digit."""
+    from reweight.train import read_metrics
+
+    out, _, _ = smoke_study
+    step1 = {}
+    for arm in ("dapo", "low_prob"):
+        records = read_metrics(out / "runs" / arm / "s1" / "metrics.jsonl")
+        data = {}
+        for r in records:
+            if r["step"] == 1:
+                data.update(r["data"])
+        step1[arm] = {k: v for k, v in data.items() if k.startswith(ROLLOUT_ONLY)}
+    assert "response_length/mean" in step1["dapo"] and "critic/score/mean" in step1["dapo"]
+    assert step1["dapo"] == step1["low_prob"]
+    # the arms' losses differ, so the update (not the rollouts) does: the comparison above is not vacuous
+    assert any(
+        r["data"].get("actor/pg_loss") is not None for r in read_metrics(out / "runs" / "dapo" / "s1" / "metrics.jsonl")
+    )
