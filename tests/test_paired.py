@@ -202,21 +202,22 @@ ROLLOUT_ONLY = ("response_length/", "prompt_length/", "critic/score/", "critic/r
 def test_paired_study_arms_roll_out_identically_before_their_first_update(smoke_study):
     """The smoke study trains ``dapo`` and ``low_prob`` at seed 1 with paired sampling (common random numbers +
     paired refills). Before the first update both policies are the initial model, so step 1's rollouts, refills
-    and kept groups must be the same in both runs, up to the last digit."""
+    and kept groups must be the same in both runs, to the last digit.
+
+    Its limit: in the smoke study's step 1 no group happens to be filtered, so this guards the common random
+    numbers and the glue (the paired trainer runs), not the wave rule itself (tests above)."""
     from reweight.train import read_metrics
 
     out, _, _ = smoke_study
     step1 = {}
     for arm in ("dapo", "low_prob"):
-        records = read_metrics(out / "runs" / arm / "s1" / "metrics.jsonl")
         data = {}
-        for r in records:
+        for r in read_metrics(out / "runs" / arm / "s1" / "metrics.jsonl"):
             if r["step"] == 1:
                 data.update(r["data"])
-        step1[arm] = {k: v for k, v in data.items() if k.startswith(ROLLOUT_ONLY)}
-    assert "response_length/mean" in step1["dapo"] and "critic/score/mean" in step1["dapo"]
-    assert step1["dapo"] == step1["low_prob"]
-    # the arms' losses differ, so the update (not the rollouts) does: the comparison above is not vacuous
-    assert any(
-        r["data"].get("actor/pg_loss") is not None for r in read_metrics(out / "runs" / "dapo" / "s1" / "metrics.jsonl")
-    )
+        step1[arm] = data
+    rollout = {arm: {k: v for k, v in d.items() if k.startswith(ROLLOUT_ONLY)} for arm, d in step1.items()}
+    assert "response_length/mean" in rollout["dapo"] and "critic/score/mean" in rollout["dapo"]
+    assert rollout["dapo"] == rollout["low_prob"]
+    # the arms' losses differ, so their first updates do: the equality above is the rollouts', not the runs'
+    assert step1["dapo"]["actor/pg_loss"] != step1["low_prob"]["actor/pg_loss"]
