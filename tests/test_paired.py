@@ -106,11 +106,11 @@ def run_step(monkeypatch, outcomes, seed, *, paired, batch_size=4, max_inflight_
 
 
 # Scenario 1 (cap not reached). Wave 1: prompts 0-3 = K F W K -> 2 kept, 2 filtered: credit 4.
-# Wave 2: prompts 4-7 = W K F F -> 3 kept, 3 filtered: credit 6 <= 12.
-# Wave 3: prompts 8-13 = K K K F K W -> 7 kept >= 4: train on 0, 3, 5, 8; surplus 9, 10, 12; evicted 2+3+2.
+# Wave 2: prompts 4-7 = W K F F -> 1 kept (3 in all), 3 filtered: credit 6 <= 12, draw 6.
+# Wave 3: prompts 8-13 = K K K F K W -> 7 kept in all >= 4: train on 0, 3, 5, 8; surplus 9, 10, 12; evicted 2+3+2.
 SCENARIO_1 = ("KFWK" "WKFF" "KKKFKW" "KKKK", dict(selected=[0, 3, 5, 8], drawn=14, evicted=7, surplus=3))
 # Scenario 2 (cap 4 = 1 x train batch). Wave 1: 0-3 all filtered: credit 8 -> draw 4 (4 left).
-# Wave 2: 4-7 = K K F W -> 2 kept, credit 4+4 = 8 -> draw 4. Wave 3: 8-11 = K F K K -> 5 kept:
+# Wave 2: 4-7 = K K F W -> 2 kept, credit 4+4 = 8 -> draw 4. Wave 3: 8-11 = K F K K -> 5 kept in all:
 # train on 4, 5, 8, 10; surplus 11; evicted 4+2+1.
 SCENARIO_2 = ("FWFF" "KKFW" "KFKK" "KKKK", dict(selected=[4, 5, 8, 10], drawn=12, evicted=7, surplus=1))
 
