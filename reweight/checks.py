@@ -37,7 +37,7 @@ from urllib.parse import urlparse
 
 from omegaconf import DictConfig, OmegaConf
 
-from reweight.configs import MONITOR_FREQ_KEY, POLICY_LOSS_KEY
+from reweight.configs import MONITOR_FREQ_KEY, PAIRED_REFILLS_KEY, POLICY_LOSS_KEY
 
 # legacy key (as the user may write it) -> what verl 0.9.1 reads instead
 LEGACY_REWARD_KEYS = {
@@ -214,6 +214,7 @@ def check_config(cfg: DictConfig) -> None:
     check_reward_scorer(cfg)
     check_model_config_agreement(cfg)
     check_monitor(cfg)
+    check_paired_refills(cfg)
 
 
 def monitor_freq(cfg: Any) -> int:
@@ -237,6 +238,32 @@ def check_monitor(cfg: DictConfig) -> None:
     if strategy not in ("fsdp", "fsdp2"):
         raise ConfigError(
             f"{MONITOR_FREQ_KEY}={freq} needs actor_rollout_ref.actor.strategy=fsdp or fsdp2, got {strategy!r}"
+        )
+
+
+def paired_refills(cfg: Any) -> bool:
+    """``reweight.paired_refills`` of a composed config (False when absent); raises :class:`ConfigError` on a non-bool."""
+    value = OmegaConf.select(cfg, PAIRED_REFILLS_KEY, default=False) if isinstance(cfg, DictConfig) else False
+    if not isinstance(value, bool):
+        raise ConfigError(f"{PAIRED_REFILLS_KEY}={value!r}: must be true or false")
+    return value
+
+
+def check_paired_refills(cfg: DictConfig) -> None:
+    """Paired refills (reweight/paired.py) replace verl's *sync* replay buffer; async trainers sample differently."""
+    if not paired_refills(cfg):
+        return
+    mode = OmegaConf.select(cfg, "trainer.v1.trainer_mode", default=None)
+    if mode != "sync":
+        raise ConfigError(
+            f"{PAIRED_REFILLS_KEY}=true needs trainer.v1.trainer_mode=sync, got {mode!r} "
+            f"(async trainers refill without waves; set {PAIRED_REFILLS_KEY}=false)"
+        )
+    custom = OmegaConf.select(cfg, "trainer.v1.sampler.custom_sampler.name", default=None)
+    if custom:
+        raise ConfigError(
+            f"{PAIRED_REFILLS_KEY}=true with trainer.v1.sampler.custom_sampler.name={custom!r}: paired refills "
+            f"replace verl's own sync sampler; drop one of them"
         )
 
 

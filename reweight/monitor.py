@@ -19,9 +19,9 @@ step three copies of that shard (save current, load base, restore). The snapshot
 actor is built, before verl loads a checkpoint, so a resumed run still compares against
 ``actor_rollout_ref.model.path``.
 
-The glue: :func:`monitored_trainer` puts a subclass of verl's trainer class for the run's
-``trainer.v1.trainer_mode`` into verl's ``TRAINER_REGISTRY`` while the task runner runs
-(:func:`reweight.train.task_runner_class`); that subclass maps the actor role to
+The glue: :func:`monitored_trainer_class` subclasses verl's trainer class for the run's
+``trainer.v1.trainer_mode``; :func:`reweight.trainers.reweight_trainer` puts it (with our other trainer
+features) into verl's ``TRAINER_REGISTRY`` while the task runner runs; that subclass maps the actor role to
 :class:`MonitoredActorWorker` and adds the monitored forward after verl's advantage step.
 """
 
@@ -204,7 +204,7 @@ def wandb_histograms(hists: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[st
     return {key: wandb.Histogram(np_histogram=(counts, edges)) for key, (counts, edges) in hists.items()}
 
 
-def _monitored_trainer_class(base: type) -> type:
+def monitored_trainer_class(base: type) -> type:
     import ray
     import transfer_queue as tq
     from verl.trainer.ppo.utils import Role
@@ -252,24 +252,6 @@ def _monitored_trainer_class(base: type) -> type:
 
     DirectionMonitored.__name__ = DirectionMonitored.__qualname__ = f"DirectionMonitored{base.__name__}"
     return DirectionMonitored
-
-
-@contextlib.contextmanager
-def monitored_trainer(config: DictConfig):
-    """While the block runs, verl's ``TRAINER_REGISTRY`` gives the run's trainer mode our monitored subclass
-    (nothing changes when ``reweight.monitor.freq`` is 0). Used in the task runner's process only."""
-    if monitor_freq(config) == 0:
-        yield
-        return
-    from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY
-
-    mode = config.trainer.v1.trainer_mode
-    base = TRAINER_REGISTRY[mode]
-    TRAINER_REGISTRY[mode] = _monitored_trainer_class(base)
-    try:
-        yield
-    finally:
-        TRAINER_REGISTRY[mode] = base
 
 
 def histogram_note(cfg: DictConfig, records: list[dict]) -> str | None:

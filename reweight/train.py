@@ -240,10 +240,10 @@ def task_runner_class():
                 path = OmegaConf.select(config, f"{RUNTIME_ENV_VARS}.{METRICS_ENV}", default=None)
                 if path:
                     os.environ[METRICS_ENV] = str(path)
-                from reweight.monitor import monitored_trainer
+                from reweight.trainers import reweight_trainer
 
                 try:
-                    with monitored_trainer(config):  # reweight.monitor.freq > 0: verl's trainer + the direction monitor
+                    with reweight_trainer(config):  # verl's trainer + the direction monitor / paired refills, if on
                         return super().run(config)
                 finally:
                     release_dataloader_workers(self.trainer)

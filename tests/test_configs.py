@@ -52,6 +52,7 @@ def test_config_composes_and_passes_verl_validation(name):
     assert cfg.reward.reward_kwargs.overlong_buffer_cfg.enable
     # our own section (verl never reads it, and its validation above accepts it): the direction monitor
     assert cfg.reweight.monitor.freq == 10
+    assert cfg.reweight.paired_refills is False  # verl's own sampler unless asked (the study's paired sampling)
 
 
 @pytest.mark.parametrize(
@@ -125,6 +126,11 @@ def test_overrides_reach_our_config_class():
         (["reweight.monitor.freq=-1"], r"reweight\.monitor\.freq=-1"),
         (["reweight.monitor.freq=0.5"], r"reweight\.monitor\.freq=0\.5"),
         (["actor_rollout_ref.model.lora_rank=8"], r"reweight\.monitor\.freq=10 with LoRA"),
+        (["reweight.paired_refills=maybe"], r"reweight\.paired_refills='maybe': must be true or false"),
+        (["reweight.paired_refills=true", "trainer.v1.trainer_mode=colocate_async"],
+         r"reweight\.paired_refills=true needs trainer\.v1\.trainer_mode=sync, got 'colocate_async'"),
+        (["reweight.paired_refills=true", "trainer.v1.sampler.custom_sampler.path=/x.py",
+          "trainer.v1.sampler.custom_sampler.name=Mine"], r"reweight\.paired_refills=true with .*custom_sampler\.name='Mine'"),
     ],
 )
 def test_bad_input_refused_before_ray_naming_the_key(overrides, match):

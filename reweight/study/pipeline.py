@@ -37,7 +37,7 @@ from typing import Any
 
 from reweight.cpu.patches import ROLLOUT_NAME
 from reweight.io import write_json_atomic
-from reweight.study.spec import BASELINE_ARM, PAIRED_SAMPLING, StudyInputError, StudySpec
+from reweight.study.spec import BASELINE_ARM, PAIRED_SAMPLING_OVERRIDES, StudyInputError, StudySpec
 
 LAUNCHERS = ("local", "ray", "slurm")
 SEED_KEY = "seed"
@@ -162,7 +162,7 @@ class Study:
                 overrides.append(f"trainer.total_training_steps={spec.train_steps}")
             cfg = self._compose([*overrides, f"{SEED_KEY}={spec.seeds[0]}"], f"arm {arm!r} (overrides {arm_overrides})")
             if spec.paired_sampling and str(cfg.actor_rollout_ref.rollout.name) == ROLLOUT_NAME:
-                overrides.append(PAIRED_SAMPLING)
+                overrides.extend(PAIRED_SAMPLING_OVERRIDES)
             total = int(cfg.trainer.total_training_steps or 0)
             if total < 1:
                 raise StudyInputError(f"arm {arm!r}: trainer.total_training_steps must be set (got {total})")

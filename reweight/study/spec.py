@@ -18,8 +18,12 @@ from typing import Any
 from reweight.configs import POLICY_LOSS_KEY
 
 BASELINE_ARM = "dapo"
-# The override that pairs runs' rollouts with common random numbers (StudySpec.paired_sampling).
+# The override that pairs runs' rollouts with common random numbers (StudySpec.paired_sampling); the report
+# detects paired sampling by it.
 PAIRED_SAMPLING = "++actor_rollout_ref.rollout.engine_kwargs.hf.seed_by_prompt=true"
+# Paired sampling also makes DAPO's refills timing-free (reweight.paired_refills, reweight/paired.py), so that
+# runs at one seed draw the same prompts: the overrides paired sampling adds, in order.
+PAIRED_SAMPLING_OVERRIDES = (PAIRED_SAMPLING, "++reweight.paired_refills=true")
 
 
 def _arm(scheme: str, alpha: float | None = None, **extra: str) -> list[str]:
