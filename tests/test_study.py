@@ -177,7 +177,7 @@ def test_cluster_dry_run_plans_one_slurm_job_per_run(tmp_path, capsys, monkeypat
     assert main(argv) == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     scripts = sorted((out / "slurm").glob("*.sbatch"))
-    assert len(scripts) == 5 * 2 and "nothing trained" in printed  # the default preset: 5 arms (low_prob_unit included) × 2 seeds
+    assert len(scripts) == 4 * 2 and "nothing trained" in printed  # the default preset: 4 arms (low_prob_unit included) × 2 seeds
     for script in scripts:
         text = script.read_text()
         arm, seed = script.stem.rsplit("_s", 1)

@@ -34,12 +34,19 @@ def _arm(scheme: str, alpha: float | None = None, **extra: str) -> list[str]:
     return out
 
 
-# Arm presets (``--arms NAME``). ``default``: the paper's comparison (DAPO, its weight at the two α of
-# the paper, the opposite weighting of Yang et al., and ``low_prob_unit``: the paper's weight rescaled to
-# mean 1, the control for "it only takes a larger step"); ``literature``: the family of token weights and
-# the entropy-based rivals (docs/weights.md says where each comes from).
+# Arm presets (``--arms NAME``). ``default``: the question the study exists for (DAPO, the paper's weight at
+# α = 0.2, the opposite weighting of Yang et al., and ``low_prob_unit``: the paper's weight rescaled to mean 1,
+# the control for "it only takes a larger step"), four arms so that an hour on 2 cores buys 7 seeds each;
+# ``paper``: the default plus the paper's other α (0.1); ``literature``: the family of token weights and the
+# entropy-based rivals (docs/weights.md says where each comes from).
 ARM_PRESETS: dict[str, dict[str, list[str]]] = {
     "default": {
+        "dapo": _arm("none"),
+        "low_prob_0.2": _arm("low_prob", 0.2),
+        "dominate_0.2": _arm("dominate", 0.2),
+        "low_prob_unit": _arm("low_prob", 0.2, unit_mean="true"),
+    },
+    "paper": {
         "dapo": _arm("none"),
         "low_prob_0.1": _arm("low_prob", 0.1),
         "low_prob_0.2": _arm("low_prob", 0.2),
@@ -84,18 +91,22 @@ class StudySpec:
 
     Attributes:
         config_name: base training config (``embedded``: the local tiny model and synthetic task).
-        overrides: Hydra overrides applied to every run, before the arm's own.
+        overrides: Hydra overrides applied to every run, before the arm's own. Default: no validation inside
+            training (``trainer.val_before_train=false trainer.test_freq=0``): the study evaluates every final
+            model and the base on the test split itself, and verl's validations cost ~5 s each per run.
         arms: arm name → Hydra overrides; must contain ``dapo`` (the baseline of every comparison).
-        seeds: values of the top-level ``seed`` key; every arm is trained once per seed. Default 1..10: on
-            the embedded task one run's final avg@n varies by 2-3 points from seed to seed; with 10 seeds per
-            arm the default study resolves paired differences of ±2.0-2.5 points (docs/study.md).
+        seeds: values of the top-level ``seed`` key; every arm is trained once per seed. Default 1..7: what fits
+            the default study (4 arms, 10 steps) into an hour on 2 CPU cores; docs/study.md gives the
+            resolution it reached.
         paired_sampling: on the ``hf`` rollout, sample every run with common random numbers
             (``rollout.engine_kwargs.hf.seed_by_prompt``): runs with the same seed draw the same random
             numbers for the same prompt at the same step, whatever their loss. Other rollouts ignore it.
-        train_steps: ``trainer.total_training_steps`` of every run (None: the config's).
+        train_steps: ``trainer.total_training_steps`` of every run (None: the config's). Default 10: on the
+            embedded chain task DAPO gains most of its first 20 steps' improvement in the first 10.
         test_data: evaluation problems (verl parquet); None: the embedded task's test split.
         test_limit: use only the first N test problems everywhere (None: all).
-        n: samples per test problem (avg@n, pass@k for k = 1..n).
+        n: samples per test problem (avg@n, pass@k for k = 1..n). Default 16 (256 test problems: 4096 samples
+            per model; evaluation noise is small next to the seed-to-seed spread of training).
         temperature / top_p / max_new_tokens: evaluation sampling (None: the config's max response length).
         scorer: how a response is judged (``dapo``: exactly the training reward; see reweight-eval).
         bootstrap: resamples of the bootstrap intervals (problems and seeds resampled).
@@ -114,14 +125,14 @@ class StudySpec:
     """
 
     config_name: str = "embedded"
-    overrides: list[str] = field(default_factory=lambda: ["trainer.test_freq=10"])
+    overrides: list[str] = field(default_factory=lambda: ["trainer.val_before_train=false", "trainer.test_freq=0"])
     arms: dict[str, list[str]] = field(default_factory=lambda: {k: list(v) for k, v in ARM_PRESETS["default"].items()})
-    seeds: list[int] = field(default_factory=lambda: list(range(1, 11)))
+    seeds: list[int] = field(default_factory=lambda: list(range(1, 8)))
     paired_sampling: bool = True
-    train_steps: int | None = None
+    train_steps: int | None = 10
     test_data: str | None = None
     test_limit: int | None = None
-    n: int = 32
+    n: int = 16
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int | None = None
