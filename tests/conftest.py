@@ -20,7 +20,7 @@ torch.set_num_threads(1)
 # unit of its own (its module fixtures are built once too). A scheduler of ours rather than xdist's
 # `--dist loadgroup`, whose group marks pytest-xdist 3.8 does not apply under pytest 9 (measured: marked tests
 # still spread over both workers).
-TRAINING_FILES = ("test_e2e_cpu.py", "test_study.py", "test_launch_ray.py")
+TRAINING_FILES = ("test_e2e_cpu.py", "test_study.py", "test_launch_ray.py", "test_paired.py")
 
 
 def pytest_xdist_make_scheduler(config, log):
