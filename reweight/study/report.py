@@ -27,8 +27,13 @@ from reweight.study.stats import (
     results_matrix,
     seed_correlation,
     seeds_to_resolve,
+    unseeded_difference,
     verdict,
 )
+
+
+def _half(ci: Sequence[float]) -> float:
+    return (ci[1] - ci[0]) / 2
 
 if TYPE_CHECKING:
     from reweight.study.pipeline import Study
@@ -127,6 +132,8 @@ def accuracy_section(study: "Study") -> dict[str, Any]:
             "half_width": (diff["ci95"][1] - diff["ci95"][0]) / 2,
             # how much of a run's luck the two arms share at a seed (what pairing buys)
             "seed_correlation": seed_correlation(accs[arm], accs[BASELINE_ARM]),
+            # the half-width the same runs would give with the arms' seeds resampled independently
+            "half_width_unpaired": _half(unseeded_difference(accs[arm], accs[BASELINE_ARM], spec.bootstrap, seed=7)["ci95"]),
             "seeds_to_resolve": seeds_to_resolve(diff["ci95"], seeds),  # ±TARGET_RESOLUTION, projected
             "verdict": verdict(arm, BASELINE_ARM, diff["delta"], diff["ci95"], seeds=seeds),
         })
@@ -616,20 +623,21 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         + "Values in %, mean over seeds of the mean over problems, [95% bootstrap interval over problems and seeds].", "",
         "## Accuracy (Table 1)", "",
         "| model | avg@" + str(n) + " | " + " | ".join(f"pass@{k}" for k in show_k)
-        + " | Δ avg@n vs base | Δ avg@n vs dapo (paired) | seed corr. with dapo |",
-        "|---|---|" + "---|" * len(show_k) + "---|---|---|",
+        + " | Δ avg@n vs base | Δ avg@n vs dapo (paired) | ± paired / unpaired | seed corr. with dapo |",
+        "|---|---|" + "---|" * len(show_k) + "---|---|---|---|",
     ]
     comps = {c["arm"]: c for c in acc["comparisons"]}
     for name, entry in [("base", acc["base"]), *acc["arms"].items()]:
-        delta, corr, gain = "—", "—", "—"
+        delta, corr, gain, halves = "—", "—", "—", "—"
         if name in comps:
             c = comps[name]
             delta = f"{100 * c['delta']:+.1f} [{100 * c['ci95'][0]:+.1f}, {100 * c['ci95'][1]:+.1f}]"
             corr = "—" if c.get("seed_correlation") is None else f"{c['seed_correlation']:.2f}"
+            halves = f"{100 * c['half_width']:.1f} / {100 * c['half_width_unpaired']:.1f}"
         if "vs_base" in entry:
             g = entry["vs_base"]
             gain = f"{100 * g['mean']:+.1f} [{100 * g['ci95'][0]:+.1f}, {100 * g['ci95'][1]:+.1f}]"
-        cells = [_ci(entry["avg_at_n"]), *(_ci(entry["pass_at_k"][str(k)]) for k in show_k), gain, delta, corr]
+        cells = [_ci(entry["avg_at_n"]), *(_ci(entry["pass_at_k"][str(k)]) for k in show_k), gain, delta, halves, corr]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "## Verdict", ""]
     lines += [f"- {c['verdict']}" for c in acc["comparisons"]] or ["- only the dapo arm was run: nothing to compare."]
