@@ -233,6 +233,11 @@ def test_smoke_study_end_to_end(smoke_study):
     assert comp["arm"] == "low_prob" and comp["delta"] == pytest.approx(avg["low_prob"] - avg["dapo"])
     assert comp["ci95"][0] <= comp["delta"] <= comp["ci95"][1]
     assert comp["verdict"] in md  # the verdict printed is the one computed
+    assert comp["seed_correlation"] is None  # one seed: no correlation over seeds
+    assert comp["half_width_unpaired"] >= 0 and "± paired / unpaired" in md
+    for arm in ("dapo", "low_prob"):  # the gain over the base: the same problems, the base's mean subtracted
+        gain = report["arms"][arm]["vs_base"]
+        assert gain["mean"] == pytest.approx(avg[arm] - report["base"]["avg_at_n"]["mean"])
     expected = "beats" if comp["ci95"][0] > 0 else "is worse than" if comp["ci95"][1] < 0 else "no difference"
     assert expected in comp["verdict"]
 
