@@ -5,14 +5,17 @@ by ``reweight-train`` before Ray starts) builds the assets on first use, caches 
 every ``embedded://NAME`` in the config with the cached file:
 
 - ``embedded://train.parquet``, ``embedded://val.parquet``, ``embedded://test.parquet``: the synthetic
-  integer-arithmetic task (:mod:`reweight.data.synthetic`, levels 1 and 3) in verl's RL parquet schema;
-  the three splits hold disjoint sets of questions (the test split, every test question once, is what
-  ``reweight-study`` evaluates on);
+  arithmetic task (:mod:`reweight.data.synthetic`; by default the chain task, level 5, whose solutions
+  write every step) in verl's RL parquet schema; the three splits hold disjoint sets of questions (the
+  test split, ``n_test`` distinct questions, is what ``reweight-study`` evaluates on);
 - ``embedded://model``: a tiny Qwen2-architecture model with a tokenizer trained here
-  (:mod:`reweight.tiny`), briefly supervised-fine-tuned on reference solutions -- half of them with
-  a near-miss answer, so that it hedges -- until its sampled (temperature 1) accuracy on held-out
-  problems sits in :data:`TARGET_ACCURACY`: RL needs groups with mixed outcomes, and room to
-  sharpen. The accuracies reached (sampled and greedy) are recorded in ``meta.json``.
+  (:mod:`reweight.tiny`), supervised-fine-tuned on reference solutions in which each written result
+  slips to a near miss with probability ``sft_answer_noise`` -- so that it knows the procedure but
+  samples slips -- until its sampled (temperature 1) accuracy on held-out problems sits in
+  :data:`TARGET_ACCURACY` and its greedy accuracy reaches ``target_greedy``: RL needs groups with mixed
+  outcomes, and room to sharpen. The accuracies reached (sampled and greedy) are recorded in ``meta.json``.
+
+``reweight.embedded.task`` (default ``chain``) names the recipe (:data:`RECIPES`).
 
 The cache lives in ``${REWEIGHT_CACHE:-~/.cache/verl-reweight}/embedded/<recipe hash>/``; it is
 written to a temporary directory and renamed into place (atomic), under a file lock so concurrent
