@@ -15,12 +15,14 @@ import torch
 torch.set_num_threads(1)
 
 
-# Files whose tests train through Ray or share its session fixtures (the e2e assets, the smoke study, the
-# two-node cluster): one xdist worker runs them all, so each fixture is built once; every other file is a
-# unit of its own (its module fixtures are built once too). A scheduler of ours rather than xdist's
-# `--dist loadgroup`, whose group marks pytest-xdist 3.8 does not apply under pytest 9 (measured: marked tests
-# still spread over both workers).
-TRAINING_FILES = ("test_e2e_cpu.py", "test_study.py", "test_launch_ray.py", "test_paired.py")
+# Files whose tests train through Ray or share its session fixtures (the e2e assets, the smoke study): one
+# xdist worker runs them all, so each fixture is built once; every other file is a unit of its own (its module
+# fixtures are built once too). test_launch_ray.py is not one of them: its two-node cluster has a private
+# `--temp-dir`, where `ray start` records its address, so a training run's plain `ray.init()` on the other
+# worker never attaches to it; on its own worker it shortens the training worker's path by ~3 min (it builds
+# the e2e assets there again, ~20 s). A scheduler of ours rather than xdist's `--dist loadgroup`, whose group
+# marks pytest-xdist 3.8 does not apply under pytest 9 (measured: marked tests still spread over both workers).
+TRAINING_FILES = ("test_e2e_cpu.py", "test_study.py", "test_paired.py")
 
 
 def pytest_xdist_make_scheduler(config, log):
