@@ -247,9 +247,6 @@ class Study:
 
         return resolve_model_path(str(run.checkpoints))
 
-    def first_run(self, arm: str) -> Run:
-        return next(r for r in self.runs if r.arm == arm)
-
     def eval_path(self, run: Run | None) -> Path:
         return self.out / "eval" / ("base.jsonl" if run is None else f"{run.arm}/s{run.seed}.jsonl")
 

@@ -129,7 +129,7 @@ def accuracy_section(study: "Study") -> dict[str, Any]:
         seeds = accs[arm].shape[0]
         out["comparisons"].append({
             "arm": arm, "baseline": BASELINE_ARM, **diff,
-            "half_width": (diff["ci95"][1] - diff["ci95"][0]) / 2,
+            "half_width": _half(diff["ci95"]),
             # how much of a run's luck the two arms share at a seed (what pairing buys)
             "seed_correlation": seed_correlation(accs[arm], accs[BASELINE_ARM]),
             # the half-width the same runs would give with the arms' seeds resampled independently

@@ -49,6 +49,12 @@ def _indices(rng: np.random.Generator, shape: tuple[int, int], resamples: int) -
     return rng.integers(0, s, size=(resamples, s)), rng.integers(0, p, size=(resamples, p))
 
 
+def _percentile_interval(means: np.ndarray, confidence: float) -> tuple[float, float]:
+    """The central ``confidence`` interval of bootstrap resample means (percentile method)."""
+    lo, hi = np.quantile(means, [(1 - confidence) / 2, 1 - (1 - confidence) / 2])
+    return lo, hi
+
+
 def _resampled_means(values: np.ndarray, seeds: np.ndarray, problems: np.ndarray) -> np.ndarray:
     """Mean of ``values[seeds[r]][:, problems[r]]`` for each resample r, ``(R,)``."""
     rows = values[seeds]  # (R, S, P)
@@ -64,7 +70,7 @@ def mean_ci(values: np.ndarray, resamples: int = 2000, confidence: float = 0.95,
     rng = np.random.default_rng(seed)
     s_idx, p_idx = _indices(rng, values.shape, resamples)
     means = _resampled_means(values, s_idx, p_idx)
-    lo, hi = np.quantile(means, [(1 - confidence) / 2, 1 - (1 - confidence) / 2])
+    lo, hi = _percentile_interval(means, confidence)
     return {"mean": float(values.mean()), "ci95": [float(lo), float(hi)]}
 
 
@@ -97,7 +103,7 @@ def unseeded_difference(
     s_arm, problems = _indices(rng, arm.shape, resamples)
     s_base = rng.integers(0, arm.shape[0], size=(resamples, arm.shape[0]))
     means = _resampled_means(arm, s_arm, problems) - _resampled_means(baseline, s_base, problems)
-    lo, hi = np.quantile(means, [(1 - confidence) / 2, 1 - (1 - confidence) / 2])
+    lo, hi = _percentile_interval(means, confidence)
     return {"delta": float((arm - baseline).mean()), "ci95": [float(lo), float(hi)]}
 
 
@@ -177,5 +183,5 @@ def nested_mean_ci(
     vals = padded[picks[..., None], idx]  # (R, S, W)
     mask = np.arange(width)[None, None, :] < n[..., None]
     means = ((vals * mask).sum(axis=2) / n).mean(axis=1)  # (R,)
-    lo, hi = np.quantile(means, [(1 - confidence) / 2, 1 - (1 - confidence) / 2])
+    lo, hi = _percentile_interval(means, confidence)
     return {"mean": float(np.mean([a.mean() for a in arrays])), "ci95": [float(lo), float(hi)]}
