@@ -50,13 +50,18 @@ class Problem:
         return worked_solution(self)
 
 
+def apply_op(value: int, op: str, operand: int) -> int:
+    """``value op operand`` for ``op`` in ``+`` / ``-``."""
+    return value + operand if op == "+" else value - operand
+
+
 def chain_steps(question: str) -> list[tuple[int, str, int]]:
     """The operations of a chain question, ``[(running value, op, operand), ...]``, left to right."""
     tokens = re.findall(r"\d+|[+-]", question)
     value, steps = int(tokens[0]), []
     for op, operand in zip(tokens[1::2], tokens[2::2]):
         steps.append((value, op, int(operand)))
-        value = value + int(operand) if op == "+" else value - int(operand)
+        value = apply_op(value, op, int(operand))
     return steps
 
 
@@ -74,7 +79,7 @@ def worked_solution(problem: "Problem", slip: "Callable[[], int] | None" = None)
     parts, value = [], None
     for start, op, operand in chain_steps(problem.question):
         start = start if value is None else value
-        value = (start + operand if op == "+" else start - operand) + slip()
+        value = apply_op(start, op, operand) + slip()
         parts.append(f"{start}{op}{operand}={value}.")
     return " ".join(parts) + f" \\boxed{{{value}}}"
 
@@ -99,9 +104,9 @@ def make_problem(rng: random.Random, level: int) -> Problem:
         value = rng.randint(0, 9)
         question = str(value)
         for _ in range(CHAIN_OPS):
-            ops = [(op, d) for op in "+-" for d in range(1, 10) if 0 <= (value + d if op == "+" else value - d) <= CHAIN_MAX]
+            ops = [(op, d) for op in "+-" for d in range(1, 10) if 0 <= apply_op(value, op, d) <= CHAIN_MAX]
             op, d = rng.choice(ops)
-            value = value + d if op == "+" else value - d
+            value = apply_op(value, op, d)
             question += f"{op}{d}"
         return Problem(question, value, level)
     raise ValueError(f"unknown level {level!r}; levels are {LEVELS}")
@@ -141,7 +146,7 @@ def all_questions(levels: tuple[int, ...] = LEVELS) -> list[Problem]:
         if level == 1:
             out += [Problem(f"{a}+{b}", a + b, 1) for a in range(10) for b in range(10)]
         elif level == 2:
-            out += [Problem(f"{a}{op}{b}", a + b if op == "+" else a - b, 2) for a in range(100) for b in range(100) for op in "+-"]
+            out += [Problem(f"{a}{op}{b}", apply_op(a, op, b), 2) for a in range(100) for b in range(100) for op in "+-"]
         elif level == 3:
             out += [Problem(f"{a}*{b}", a * b, 3) for a in range(2, 13) for b in range(2, 13)]
         elif level == 4:
@@ -150,9 +155,9 @@ def all_questions(levels: tuple[int, ...] = LEVELS) -> list[Problem]:
             chains = [(str(a), a) for a in range(10)]
             for _ in range(CHAIN_OPS):
                 chains = [
-                    (f"{q}{op}{d}", v + d if op == "+" else v - d)
+                    (f"{q}{op}{d}", apply_op(v, op, d))
                     for q, v in chains for op in "+-" for d in range(1, 10)
-                    if 0 <= (v + d if op == "+" else v - d) <= CHAIN_MAX
+                    if 0 <= apply_op(v, op, d) <= CHAIN_MAX
                 ]  # fmt: skip
             out += [Problem(q, v, CHAIN_LEVEL) for q, v in chains]
         else:
