@@ -483,10 +483,16 @@ def test_cpu_defaults_size_ray_and_transfer_queue_for_the_machine():
     assert cfg.ray_kwargs.ray_init.num_cpus == required_logical_cpus(cfg) >= 3 * 2 + 1 + 1 + 1
     assert cfg.transfer_queue.backend.SimpleStorage.num_data_storage_units == 1
     assert "ray_kwargs.ray_init.num_cpus" in changed
+    assert cfg.ray_kwargs.ray_init.include_dashboard is False  # the module's promise: no dashboard unless asked
     # what a user set is kept
-    cfg = _embedded_cfg("ray_kwargs.ray_init.num_cpus=64")
+    cfg = _embedded_cfg("ray_kwargs.ray_init.num_cpus=64", "++ray_kwargs.ray_init.include_dashboard=true")
     apply_cpu_defaults(cfg)
-    assert cfg.ray_kwargs.ray_init.num_cpus == 64
+    assert cfg.ray_kwargs.ray_init.num_cpus == 64 and cfg.ray_kwargs.ray_init.include_dashboard is True
+    # joining a running cluster: ray.init refuses node settings there, so none is added
+    cfg = _embedded_cfg("++ray_kwargs.ray_init.address=10.0.0.1:6379")
+    apply_cpu_defaults(cfg)
+    init = cfg.ray_kwargs.ray_init
+    assert "include_dashboard" not in init and init.num_cpus is None and "num_gpus" not in init
 
 
 def test_replay_buffer_polls_fast_on_cpu_unless_an_interval_was_chosen(monkeypatch):
