@@ -159,6 +159,26 @@ def test_a_directory_of_another_study_is_refused_unless_overwrite(e2e_assets, tm
         assert f"seed={run.seed}" in run.overrides and any("hf_model" in o for o in run.overrides)
 
 
+def test_an_embedded_study_sizes_each_run_to_one_core_and_a_cluster_config_keeps_its_layout():
+    from reweight.cpu.resources import check_cpu_config
+    from reweight.preflight import check_cross_rules
+    from reweight.study.cli import build_parser, spec_from_args
+    from reweight.study.spec import EMBEDDED_RUN_LAYOUT
+    from reweight.train import compose_config
+
+    spec = spec_from_args(build_parser().parse_args([]))
+    assert set(EMBEDDED_RUN_LAYOUT) <= set(spec.overrides)
+    cfg = compose_config("embedded", spec.overrides)
+    assert (cfg.trainer.n_gpus_per_node, cfg.actor_rollout_ref.rollout.tensor_model_parallel_size) == (1, 1)
+    assert (cfg.actor_rollout_ref.rollout.agent.num_workers, cfg.data.dataloader_num_workers) == (1, 0)
+    check_cross_rules(cfg)  # one rank still divides the batch and holds one rollout replica
+    check_cpu_config(cfg)
+    # a cluster config keeps its own ranks and workers; the user's overrides still come last
+    spec = spec_from_args(build_parser().parse_args(["--config-name", "qwen25_math_7b_reweight", "data.dataloader_num_workers=2"]))
+    assert not set(EMBEDDED_RUN_LAYOUT) & set(spec.overrides)
+    assert spec.overrides[-1] == "data.dataloader_num_workers=2" and "trainer.val_before_train=false" in spec.overrides
+
+
 @pytest.mark.timeout(300)
 def test_cluster_dry_run_plans_one_slurm_job_per_run(tmp_path, capsys, monkeypatch):
     import pandas as pd
@@ -184,6 +204,7 @@ def test_cluster_dry_run_plans_one_slurm_job_per_run(tmp_path, capsys, monkeypat
         assert f"seed={seed}" in text and "--nodes=4" in text and "trainer.nnodes=4" in text
         assert str(out / "runs" / arm / f"s{seed}" / "checkpoints") in text
         assert "seed_by_prompt" not in text  # paired sampling is the hf rollout's; vLLM runs sample on their own
+        assert "n_gpus_per_node=1" not in text and "dataloader_num_workers" not in text  # the one-core layout is the embedded study's
     assert not (out / "study.json").exists() and not (out / "runs").exists()
 
 

@@ -1,7 +1,7 @@
 """``reweight-study``: does reweighting beat DAPO here, and why? Arms × seeds of real training, then the paper's measurements.
 
     reweight-study --smoke                                   # 1 seed, dapo vs low_prob, 2 steps: every section, minutes
-    reweight-study                                           # the default study: 4 arms x 7 seeds on the embedded task (~1 h, 2 cores)
+    reweight-study                                           # the default study: 4 arms x 9 seeds on the embedded task (~1 h, 2 cores)
     reweight-study --arms literature --seeds 1,2             # the family of token weights
     reweight-study --arm low_prob_0.5="actor_rollout_ref.actor.policy_loss.scheme=low_prob actor_rollout_ref.actor.policy_loss.alpha=0.5"
     reweight-study --config-name qwen25_math_7b_dapo --test-data data/aime24.parquet --launch slurm \\
@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from reweight.study.spec import ARM_PRESETS, StudyInputError, StudySpec
+from reweight.study.spec import ARM_PRESETS, StudyInputError, StudySpec, config_overrides
 
 
 def _ints(text: str) -> list[int]:
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config-name", default="embedded", help="base training config (default: embedded)")
     p.add_argument("--arms", default=None, help=f"arm preset ({', '.join(ARM_PRESETS)}) or a YAML file NAME: [overrides]")
     p.add_argument("--arm", action="append", default=[], metavar="NAME=OVERRIDES", help="add or replace one arm (space-separated overrides)")
-    p.add_argument("--seeds", type=_ints, default=None, help="comma-separated seeds (default 1..7; --smoke 1)")
+    p.add_argument("--seeds", type=_ints, default=None, help="comma-separated seeds (default 1..9; --smoke 1)")
     p.add_argument("--steps", type=int, default=None, help="training steps of every run (default 10; --smoke 2)")
     p.add_argument("--test-data", default=None, help="evaluation problems, verl parquet (default: the embedded test split)")
     p.add_argument("--n", type=int, default=None, help="samples per test problem (default 16; --smoke 4)")
@@ -99,7 +99,7 @@ def default_jobs(launch: str, config_name: str) -> int:
 def spec_from_args(args: argparse.Namespace) -> StudySpec:
     spec = StudySpec.smoke() if args.smoke else StudySpec()
     changes = {
-        "config_name": args.config_name, "arms": _arms(args, spec.arms), "overrides": [*spec.overrides, *args.overrides],
+        "config_name": args.config_name, "arms": _arms(args, spec.arms), "overrides": [*config_overrides(args.config_name, spec.overrides), *args.overrides],
     }
     for key, value in (("seeds", args.seeds), ("train_steps", args.steps), ("test_data", args.test_data), ("n", args.n), ("scorer", args.scorer)):
         if value is not None:

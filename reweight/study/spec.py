@@ -26,6 +26,29 @@ PAIRED_SAMPLING = "++actor_rollout_ref.rollout.engine_kwargs.hf.seed_by_prompt=t
 PAIRED_SAMPLING_OVERRIDES = (PAIRED_SAMPLING, "++reweight.paired_refills=true")
 
 
+# Every study run without verl's own validation: the study evaluates every final model and the base on the test
+# split itself, and verl's validations cost ~5 s each per run.
+VALIDATION_OFF = ("trainer.val_before_train=false", "trainer.test_freq=0")
+# On the embedded config a study trains ``--jobs 2`` runs at once on 2 cores, so each run is sized to one core:
+# one training rank (with two, FSDP's collectives run over gloo on a shared core), one agent-loop worker and no
+# dataloader worker processes. Measured on 2 cores (docs/study.md): two such 10-step runs at once take 116 s,
+# against 142 s with the embedded setup's two ranks, two agent-loop workers and eight dataloader workers.
+EMBEDDED_RUN_LAYOUT = (
+    "trainer.n_gpus_per_node=1",
+    "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
+    "actor_rollout_ref.rollout.agent.num_workers=1",
+    "data.dataloader_num_workers=0",
+)
+
+
+def config_overrides(config_name: str, overrides: list[str]) -> list[str]:
+    """``overrides`` without :data:`EMBEDDED_RUN_LAYOUT` unless ``config_name`` is the embedded config (the
+    one-core layout is the default of an embedded study only; a cluster config keeps its own layout)."""
+    if config_name == "embedded":
+        return list(overrides)
+    return [o for o in overrides if o not in EMBEDDED_RUN_LAYOUT]
+
+
 def _arm(scheme: str, alpha: float | None = None, **extra: str) -> list[str]:
     out = [f"{POLICY_LOSS_KEY}.scheme={scheme}"]
     if alpha is not None:
@@ -36,7 +59,7 @@ def _arm(scheme: str, alpha: float | None = None, **extra: str) -> list[str]:
 
 # Arm presets (``--arms NAME``). ``default``: the question the study exists for (DAPO, the paper's weight at
 # α = 0.2, the opposite weighting of Yang et al., and ``low_prob_unit``: the paper's weight rescaled to mean 1,
-# the control for "it only takes a larger step"), four arms so that an hour on 2 cores buys 7 seeds each;
+# the control for "it only takes a larger step"), four arms so that an hour on 2 cores buys 9 seeds each;
 # ``paper``: the default plus the paper's other α (0.1); ``literature``: the family of token weights and the
 # entropy-based rivals (docs/weights.md says where each comes from).
 ARM_PRESETS: dict[str, dict[str, list[str]]] = {
@@ -92,11 +115,12 @@ class StudySpec:
     Attributes:
         config_name: base training config (``embedded``: the local tiny model and synthetic task).
         overrides: Hydra overrides applied to every run, before the arm's own. Default: no validation inside
-            training (``trainer.val_before_train=false trainer.test_freq=0``): the study evaluates every final
-            model and the base on the test split itself, and verl's validations cost ~5 s each per run.
+            training (:data:`VALIDATION_OFF`: the study evaluates every final model and the base on the test
+            split itself) and, on the embedded config only, one core per run (:data:`EMBEDDED_RUN_LAYOUT`: one
+            training rank, one agent-loop worker, no dataloader workers).
         arms: arm name → Hydra overrides; must contain ``dapo`` (the baseline of every comparison).
-        seeds: values of the top-level ``seed`` key; every arm is trained once per seed. Default 1..7: what fits
-            the default study (4 arms, 10 steps) into an hour on 2 CPU cores; docs/study.md gives the
+        seeds: values of the top-level ``seed`` key; every arm is trained once per seed. Default 1..9: what fits
+            the default study (4 arms, 10 steps, one core per run) into an hour on 2 CPU cores; docs/study.md gives the
             resolution it reached.
         paired_sampling: on the ``hf`` rollout, sample every run with common random numbers
             (``rollout.engine_kwargs.hf.seed_by_prompt``): runs with the same seed draw the same random
@@ -125,9 +149,9 @@ class StudySpec:
     """
 
     config_name: str = "embedded"
-    overrides: list[str] = field(default_factory=lambda: ["trainer.val_before_train=false", "trainer.test_freq=0"])
+    overrides: list[str] = field(default_factory=lambda: [*VALIDATION_OFF, *EMBEDDED_RUN_LAYOUT])
     arms: dict[str, list[str]] = field(default_factory=lambda: {k: list(v) for k, v in ARM_PRESETS["default"].items()})
-    seeds: list[int] = field(default_factory=lambda: list(range(1, 8)))
+    seeds: list[int] = field(default_factory=lambda: list(range(1, 10)))
     paired_sampling: bool = True
     train_steps: int | None = 10
     test_data: str | None = None
@@ -152,7 +176,7 @@ class StudySpec:
     def smoke(cls, **changes: Any) -> "StudySpec":
         """1 seed, arms ``dapo`` and ``low_prob``, 2 training steps, a handful of samples: every section, fast."""
         base = dict(
-            overrides=["trainer.test_freq=1", "trainer.val_before_train=true"],
+            overrides=["trainer.test_freq=1", "trainer.val_before_train=true", *EMBEDDED_RUN_LAYOUT],
             arms={k: list(v) for k, v in ARM_PRESETS["smoke"].items()},
             seeds=[1], train_steps=2, test_limit=16, n=4, bootstrap=200, analysis_prompts=8, analysis_samples=1,
             decode_prompts=8, decode_n=2, grids={k: list(v) for k, v in SMOKE_GRIDS.items()}, gammas=[0.1],
