@@ -173,6 +173,9 @@ def test_an_embedded_study_sizes_each_run_to_one_core_and_a_cluster_config_keeps
     assert (cfg.actor_rollout_ref.rollout.agent.num_workers, cfg.data.dataloader_num_workers) == (1, 0)
     check_cross_rules(cfg)  # one rank still divides the batch and holds one rollout replica
     check_cpu_config(cfg)
+    # --smoke keeps the setup's two ranks: the e2e tests resume its checkpoints on two ranks
+    smoke = spec_from_args(build_parser().parse_args(["--smoke"]))
+    assert not set(EMBEDDED_RUN_LAYOUT) & set(smoke.overrides)
     # a cluster config keeps its own ranks and workers; the user's overrides still come last
     spec = spec_from_args(build_parser().parse_args(["--config-name", "qwen25_math_7b_reweight", "data.dataloader_num_workers=2"]))
     assert not set(EMBEDDED_RUN_LAYOUT) & set(spec.overrides)
