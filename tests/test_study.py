@@ -163,23 +163,24 @@ def test_an_embedded_study_sizes_each_run_to_one_core_and_a_cluster_config_keeps
     from reweight.cpu.resources import check_cpu_config
     from reweight.preflight import check_cross_rules
     from reweight.study.cli import build_parser, spec_from_args
-    from reweight.study.spec import EMBEDDED_RUN_LAYOUT
+    from reweight.study.spec import EMBEDDED_RUN_LAYOUT, StudySpec
     from reweight.train import compose_config
 
     spec = spec_from_args(build_parser().parse_args([]))
-    assert set(EMBEDDED_RUN_LAYOUT) <= set(spec.overrides)
-    cfg = compose_config("embedded", spec.overrides)
+    assert spec.run_overrides()[: len(EMBEDDED_RUN_LAYOUT)] == list(EMBEDDED_RUN_LAYOUT)
+    cfg = compose_config("embedded", spec.run_overrides())
     assert (cfg.trainer.n_gpus_per_node, cfg.actor_rollout_ref.rollout.tensor_model_parallel_size) == (1, 1)
     assert (cfg.actor_rollout_ref.rollout.agent.num_workers, cfg.data.dataloader_num_workers) == (1, 0)
     check_cross_rules(cfg)  # one rank still divides the batch and holds one rollout replica
     check_cpu_config(cfg)
     # --smoke keeps the setup's two ranks: the e2e tests resume its checkpoints on two ranks
     smoke = spec_from_args(build_parser().parse_args(["--smoke"]))
-    assert not set(EMBEDDED_RUN_LAYOUT) & set(smoke.overrides)
-    # a cluster config keeps its own ranks and workers; the user's overrides still come last
+    assert not set(EMBEDDED_RUN_LAYOUT) & set(smoke.run_overrides())
+    # a cluster config keeps its own ranks and workers, from the CLI or built directly; the user's overrides come last
     spec = spec_from_args(build_parser().parse_args(["--config-name", "qwen25_math_7b_reweight", "data.dataloader_num_workers=2"]))
-    assert not set(EMBEDDED_RUN_LAYOUT) & set(spec.overrides)
-    assert spec.overrides[-1] == "data.dataloader_num_workers=2" and "trainer.val_before_train=false" in spec.overrides
+    assert not set(EMBEDDED_RUN_LAYOUT) & set(spec.run_overrides())
+    assert spec.run_overrides()[-1] == "data.dataloader_num_workers=2" and "trainer.val_before_train=false" in spec.run_overrides()
+    assert not set(EMBEDDED_RUN_LAYOUT) & set(StudySpec(config_name="qwen25_math_7b_reweight").run_overrides())
 
 
 @pytest.mark.timeout(300)

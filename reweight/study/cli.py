@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from reweight.study.spec import ARM_PRESETS, StudyInputError, StudySpec, config_overrides
+from reweight.study.spec import ARM_PRESETS, StudyInputError, StudySpec
 
 
 def _ints(text: str) -> list[int]:
@@ -99,7 +99,7 @@ def default_jobs(launch: str, config_name: str) -> int:
 def spec_from_args(args: argparse.Namespace) -> StudySpec:
     spec = StudySpec.smoke() if args.smoke else StudySpec()
     changes = {
-        "config_name": args.config_name, "arms": _arms(args, spec.arms), "overrides": [*config_overrides(args.config_name, spec.overrides), *args.overrides],
+        "config_name": args.config_name, "arms": _arms(args, spec.arms), "overrides": [*spec.overrides, *args.overrides],
     }
     for key, value in (("seeds", args.seeds), ("train_steps", args.steps), ("test_data", args.test_data), ("n", args.n), ("scorer", args.scorer)):
         if value is not None:

@@ -157,7 +157,7 @@ class Study:
         spec.check()
         self._check_out_dir()
         for arm, arm_overrides in spec.arms.items():
-            overrides = [*spec.overrides, *arm_overrides]
+            overrides = [*spec.run_overrides(), *arm_overrides]
             if spec.train_steps is not None:
                 overrides.append(f"trainer.total_training_steps={spec.train_steps}")
             cfg = self._compose([*overrides, f"{SEED_KEY}={spec.seeds[0]}"], f"arm {arm!r} (overrides {arm_overrides})")

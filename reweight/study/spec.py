@@ -41,14 +41,6 @@ EMBEDDED_RUN_LAYOUT = (
 )
 
 
-def config_overrides(config_name: str, overrides: list[str]) -> list[str]:
-    """``overrides`` without :data:`EMBEDDED_RUN_LAYOUT` unless ``config_name`` is the embedded config (the
-    one-core layout is the default of an embedded study only; a cluster config keeps its own layout)."""
-    if config_name == "embedded":
-        return list(overrides)
-    return [o for o in overrides if o not in EMBEDDED_RUN_LAYOUT]
-
-
 def _arm(scheme: str, alpha: float | None = None, **extra: str) -> list[str]:
     out = [f"{POLICY_LOSS_KEY}.scheme={scheme}"]
     if alpha is not None:
@@ -115,9 +107,11 @@ class StudySpec:
     Attributes:
         config_name: base training config (``embedded``: the local tiny model and synthetic task).
         overrides: Hydra overrides applied to every run, before the arm's own. Default: no validation inside
-            training (:data:`VALIDATION_OFF`: the study evaluates every final model and the base on the test
-            split itself) and, on the embedded config only, one core per run (:data:`EMBEDDED_RUN_LAYOUT`: one
-            training rank, one agent-loop worker, no dataloader workers).
+            training (:data:`VALIDATION_OFF`): the study evaluates every final model and the base on the test
+            split itself.
+        one_core_runs: on the embedded config, size every run to one core (:data:`EMBEDDED_RUN_LAYOUT`: one
+            training rank, one agent-loop worker, no dataloader workers; applied before ``overrides``, see
+            :meth:`run_overrides`). Default true; other configs keep their own layout whatever it says.
         arms: arm name → Hydra overrides; must contain ``dapo`` (the baseline of every comparison).
         seeds: values of the top-level ``seed`` key; every arm is trained once per seed. Default 1..9: what fits
             the default study (4 arms, 10 steps, one core per run) into an hour on 2 CPU cores; docs/study.md gives the
@@ -149,7 +143,8 @@ class StudySpec:
     """
 
     config_name: str = "embedded"
-    overrides: list[str] = field(default_factory=lambda: [*VALIDATION_OFF, *EMBEDDED_RUN_LAYOUT])
+    overrides: list[str] = field(default_factory=lambda: list(VALIDATION_OFF))
+    one_core_runs: bool = True
     arms: dict[str, list[str]] = field(default_factory=lambda: {k: list(v) for k, v in ARM_PRESETS["default"].items()})
     seeds: list[int] = field(default_factory=lambda: list(range(1, 10)))
     paired_sampling: bool = True
@@ -176,9 +171,10 @@ class StudySpec:
     def smoke(cls, **changes: Any) -> "StudySpec":
         """1 seed, arms ``dapo`` and ``low_prob``, 2 training steps, a handful of samples: every section, fast."""
         base = dict(
-            # the embedded setup's two ranks, not EMBEDDED_RUN_LAYOUT: the smoke study checks every section on
-            # verl's data-parallel path (and the e2e tests resume its two-rank checkpoints)
             overrides=["trainer.test_freq=1", "trainer.val_before_train=true"],
+            # the embedded setup's two ranks: the smoke study checks every section on verl's data-parallel path
+            # (and the e2e tests resume its two-rank checkpoints)
+            one_core_runs=False,
             arms={k: list(v) for k, v in ARM_PRESETS["smoke"].items()},
             seeds=[1], train_steps=2, test_limit=16, n=4, bootstrap=200, analysis_prompts=8, analysis_samples=1,
             decode_prompts=8, decode_n=2, grids={k: list(v) for k, v in SMOKE_GRIDS.items()}, gammas=[0.1],
@@ -209,6 +205,12 @@ class StudySpec:
         from reweight.evaluation.scoring import check_scorer
 
         check_scorer(self.scorer)
+
+    def run_overrides(self) -> list[str]:
+        """The overrides every run gets before its arm's: :data:`EMBEDDED_RUN_LAYOUT` (``one_core_runs`` on the
+        embedded config), then ``overrides``."""
+        layout = list(EMBEDDED_RUN_LAYOUT) if self.one_core_runs and self.config_name == "embedded" else []
+        return [*layout, *self.overrides]
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings as JSON-able data (stored in ``study.json``)."""
