@@ -14,7 +14,9 @@ with the worker's bound loss function (``self.loss_fn``, verl's ``ppo_loss`` bou
    policy's entropy (and only then: no other scheme pays for it);
 3. binds, for this mini-batch only, a loss function that sets :class:`~reweight.loss_inputs.LossInputs`
    (entropy, τ_ρ, scale) around verl's own ``ppo_loss``, and logs the global-share metrics with verl's
-   SUM aggregation.
+   SUM aggregation; with ``unit_mean``, this rank's mean applied weight as ``weight_mean_rank_min`` /
+   ``weight_mean_rank_max`` (verl's MIN / MAX over micro-batches and ranks): with one global scale the ranks'
+   means straddle 1 while the global mean is 1, and a scale taken per rank would make both exactly 1.
 
 Which entropy: ``forking`` uses the entropy verl's V1 trainer computes with ``old_log_prob`` (the actor's
 log-prob pass over the whole batch, always run with ``calculate_entropy``, stored as field ``entropy``),
@@ -33,12 +35,12 @@ import logging
 import sys
 import threading
 from types import ModuleType
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
 
 from reweight.cpu.patches import Patch, _PostImportHook, _module_ready, _run, check_version
-from reweight.loss import GLOBAL_SHARE_METRICS, LOSS_MODE, Settings, local_weight_sum, settings
+from reweight.loss import GLOBAL_SHARE_METRICS, LOSS_MODE, METRIC_PREFIX, Settings, local_weight_sum, settings
 from reweight.loss_inputs import LossInputs, loss_inputs
 from reweight.weights import top_fraction_threshold, unit_mean_scale
 
@@ -46,6 +48,16 @@ logger = logging.getLogger("reweight.actor_hook")
 
 # The field verl 0.9.1's V1 trainer stores the log-prob pass's entropy in (trainer_base._compute_old_log_prob).
 OLD_ENTROPY_FIELD = "entropy"
+# unit_mean: the smallest and largest rank's mean applied weight (verl's MIN / MAX over micro-batches and ranks)
+RANK_MEAN_METRICS = (METRIC_PREFIX + "weight_mean_rank_min", METRIC_PREFIX + "weight_mean_rank_max")
+
+
+class GlobalInputs(NamedTuple):
+    """What one mini-batch's loss needs from every data-parallel rank (see :func:`global_inputs`)."""
+
+    threshold: Optional[float]  # forking's τ_ρ (None for other schemes)
+    scale: float  # unit_mean's 1 / mean(w) over the global batch (1.0 without unit_mean)
+    rank_weight_mean: Optional[float] = None  # unit_mean: this rank's mean of the scaled weights
 
 
 def _our_settings(loss_fn: Any) -> Optional[tuple[Any, Settings]]:
@@ -69,8 +81,8 @@ def _dp_group(engine):
     return engine.get_data_parallel_group()
 
 
-def global_inputs(data, s: Settings, group=None) -> tuple[Optional[float], float]:
-    """(τ_ρ or None, unit_mean's scale) of one mini-batch over every data-parallel rank of ``group``.
+def global_inputs(data, s: Settings, group=None) -> GlobalInputs:
+    """τ_ρ and unit_mean's scale of one mini-batch over every data-parallel rank of ``group``.
 
     Args:
         data: this rank's mini-batch (verl's no-padding TensorDict with ``response_mask``,
@@ -93,21 +105,23 @@ def global_inputs(data, s: Settings, group=None) -> tuple[Optional[float], float
             torch.distributed.all_gather_object(parts, local, group=group)
             local = torch.cat(parts)
         threshold = top_fraction_threshold(local, s.alpha).item() if local.numel() else float("inf")
-    scale = 1.0
-    if s.unit_mean:
-        t = _padded(data, "old_log_probs", "advantages")
-        sums = local_weight_sum(t["old_log_probs"], t["advantages"], t["response_mask"], s, entropy, threshold)
-        if group is not None:
-            from verl.utils.device import get_device_id
+    if not s.unit_mean:
+        return GlobalInputs(threshold, 1.0)
+    t = _padded(data, "old_log_probs", "advantages")
+    local = local_weight_sum(t["old_log_probs"], t["advantages"], t["response_mask"], s, entropy, threshold)
+    sums = local.clone()
+    if group is not None:
+        from verl.utils.device import get_device_id
 
-            sums = sums.to(get_device_id())
-            torch.distributed.all_reduce(sums, op=torch.distributed.ReduceOp.SUM, group=group)
-        scale = unit_mean_scale(*sums.tolist())
-    return threshold, scale
+        sums = sums.to(get_device_id())
+        torch.distributed.all_reduce(sums, op=torch.distributed.ReduceOp.SUM, group=group)
+    scale = unit_mean_scale(*sums.tolist())
+    w_sum, count = local.tolist()
+    return GlobalInputs(threshold, scale, w_sum * scale / count if count else 1.0)
 
 
 def loss_with_inputs(
-    model_output, data, dp_group=None, *, inner, s: Settings, threshold, scale, drop_entropy: bool
+    model_output, data, dp_group=None, *, inner, s: Settings, inputs: GlobalInputs, drop_entropy: bool
 ):  # fmt: skip
     """verl's bound loss (``inner``) for one micro-batch, with :class:`LossInputs` set around it."""
     from verl.utils.metric import AggregationType, Metric
@@ -122,13 +136,16 @@ def loss_with_inputs(
         entropy = no_padding_2_padding(model_output["entropy"], data).detach()
         if drop_entropy:  # we turned calculate_entropy on: keep verl from adding a 0 · entropy term to backprop
             model_output = {k: v for k, v in model_output.items() if k != "entropy"}
-    with loss_inputs(LossInputs(entropy, threshold, scale)):
+    with loss_inputs(LossInputs(entropy, inputs.threshold, inputs.scale)):
         loss, metrics = inner(model_output=model_output, data=data, dp_group=dp_group)
     for key in GLOBAL_SHARE_METRICS:  # shares of a global total: summed over micro-batches (see reweight.loss)
         if isinstance(metrics.get(key), Metric):
             summed = Metric(aggregation=AggregationType.SUM)
             summed.extend(metrics[key].values)
             metrics[key] = summed
+    if inputs.rank_weight_mean is not None:
+        for key, how in zip(RANK_MEAN_METRICS, (AggregationType.MIN, AggregationType.MAX)):
+            metrics[key] = Metric(aggregation=how, value=inputs.rank_weight_mean)
     return loss, metrics
 
 
@@ -146,14 +163,14 @@ def _apply(mod: ModuleType) -> None:
         config, s = ours
         from verl.utils import tensordict_utils as tu
 
-        threshold, scale = global_inputs(data, s, _dp_group(self.engine)) if s.needs_inputs else (None, 1.0)
+        inputs = global_inputs(data, s, _dp_group(self.engine)) if s.needs_inputs else GlobalInputs(None, 1.0)
         drop_entropy = False
         if s.scheme == "entropy_bonus" and not tu.get_non_tensor_data(data, key="calculate_entropy", default=False):
             tu.assign_non_tensor(data, calculate_entropy=True)
             drop_entropy = config.entropy_coeff == 0
         inner = self.loss_fn
         self.loss_fn = functools.partial(
-            loss_with_inputs, inner=inner, s=s, threshold=threshold, scale=scale, drop_entropy=drop_entropy
+            loss_with_inputs, inner=inner, s=s, inputs=inputs, drop_entropy=drop_entropy
         )
         try:
             return original(self, data)

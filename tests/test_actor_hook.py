@@ -36,13 +36,14 @@ def test_global_inputs_of_a_no_padding_minibatch(unit_mean):
 
     data, (old, _, adv, mask, ent) = minibatch()
     s = settings(actor_config(ReweightPolicyLossConfig(scheme="forking", alpha=0.25, unit_mean=unit_mean)))
-    tau, scale = global_inputs(data, s)
+    tau, scale, rank_mean = global_inputs(data, s)
     valid = sorted(ent[mask].tolist(), reverse=True)
     k = -(-len(valid) // 4)  # ⌈N/4⌉
     assert tau == pytest.approx(valid[k - 1])
     kept = int(((ent >= tau) & mask).sum())
     assert kept == k
     assert scale == (pytest.approx(len(valid) / kept) if unit_mean else 1.0)
+    assert rank_mean == (pytest.approx(1.0) if unit_mean else None)  # one rank: its mean is the global mean
     low = settings(actor_config(ReweightPolicyLossConfig(scheme="low_prob", alpha=0.2, unit_mean=True)))
     assert global_inputs(data, low)[1] == pytest.approx(1 / (1 + 0.2 * (1 - old.exp()[mask])).mean().item(), rel=1e-6)
     with pytest.raises(RuntimeError, match="field 'entropy'"):
@@ -76,7 +77,7 @@ def test_loss_with_inputs_passes_the_current_entropy_through_verls_ppo_loss(drop
     """entropy_bonus through verl's own ppo_loss: the forward's entropy reaches our loss, detached."""
     from verl.workers.utils.losses import ppo_loss
 
-    from reweight.actor_hook import loss_with_inputs
+    from reweight.actor_hook import GlobalInputs, loss_with_inputs
 
     old, cur, adv, mask = make_batch(batch=4, length=6, seed=52)
     ent = torch.rand(old.shape, generator=torch.Generator().manual_seed(53))
@@ -86,7 +87,7 @@ def test_loss_with_inputs_passes_the_current_entropy_through_verls_ppo_loss(drop
     inner = functools.partial(ppo_loss, config=cfg)
     loss, metrics = loss_with_inputs(
         {"log_probs": log_probs, "entropy": entropy}, _ppo_data(old, adv, mask), inner=inner,
-        s=settings(cfg), threshold=None, scale=1.0, drop_entropy=drop_entropy,
+        s=settings(cfg), inputs=GlobalInputs(None, 1.0), drop_entropy=drop_entropy,
     )  # fmt: skip
     with loss_inputs(LossInputs(ent.masked_fill(~mask, 0.0))):
         expected, _, direct = loss_and_grad(compute_policy_loss_reweight, old, cur.masked_fill(~mask, 0.0), adv, mask, cfg)
@@ -154,4 +155,4 @@ def test_train_batch_sets_inputs_only_for_the_reweight_loss():
         on, fn = seen[-1]
         assert on is entropy_on and worker.loss_fn is bound and fn.keywords["inner"] is bound
         if policy_loss.scheme == "forking":
-            assert fn.keywords["threshold"] == pytest.approx(top_fraction_threshold(ent[mask], 0.5).item())
+            assert fn.keywords["inputs"].threshold == pytest.approx(top_fraction_threshold(ent[mask], 0.5).item())
