@@ -107,6 +107,42 @@ def test_vectorised_bootstrap_draws_the_same_resamples_as_the_generic_loop():
     assert abs(lo - glo) < 0.05 and abs(hi - ghi) < 0.05  # same distribution, different draw order
 
 
+def naive_macro_bootstrap(values_by_group, num_resamples, confidence, seed):
+    """The stratified percentile bootstrap of the mean of per-group means, written as plain loops.
+
+    Indices are drawn as the documented contract says: one (R, P_g) matrix per group, groups in order."""
+    rng = np.random.default_rng(seed)
+    draws = {g: rng.integers(0, len(v), size=(num_resamples, len(v))) for g, v in values_by_group.items()}
+    stats = []
+    for r in range(num_resamples):
+        group_means = []
+        for g, v in values_by_group.items():
+            picked = [v[i] for i in draws[g][r]]
+            group_means.append(sum(picked) / len(picked))
+        stats.append(sum(group_means) / len(group_means))
+    tail = (1 - confidence) / 2
+    return float(np.quantile(stats, tail)), float(np.quantile(stats, 1 - tail))
+
+
+def test_macro_bootstrap_equals_a_naive_loop_on_groups_of_very_different_means_and_sizes():
+    """Benchmarks of 200 easy problems and 7 hard ones: the macro mean (each benchmark weighs the same) is far
+    from the pooled mean over problems, and the interval is the naive loop's, exactly."""
+    rng = np.random.default_rng(11)
+    groups = {"easy": (rng.random(200) < 0.9).astype(float), "hard": np.array([0, 0, 1, 0, 0, 0, 0.5])}
+    macro = (groups["easy"].mean() + groups["hard"].mean()) / 2
+    pooled = np.concatenate(list(groups.values())).mean()
+    assert pooled - macro > 0.3
+    for confidence in (0.95, 0.8):
+        lo, hi = bootstrap_macro_mean_ci(groups, 500, confidence, seed=4)
+        assert (lo, hi) == pytest.approx(naive_macro_bootstrap(groups, 500, confidence, seed=4), rel=1e-12, abs=1e-15)
+        assert lo < macro < hi and hi < pooled
+    n = {"easy": np.full(200, 4), "hard": np.full(7, 4)}
+    c = {"easy": (groups["easy"] * 4).astype(int), "hard": (groups["hard"] * 4).astype(int)}
+    row = summarise(n, c, ks=[1], num_resamples=500, seed=4)["average"]["avg@4"]
+    assert row["value"] == pytest.approx(macro)
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx(naive_macro_bootstrap(groups, 500, 0.95, seed=4), rel=1e-12)
+
+
 def test_summarise_per_benchmark_and_macro_average():
     n = {"aime24": np.array([4, 4]), "amc": np.array([4, 4, 4])}
     c = {"aime24": np.array([0, 2]), "amc": np.array([4, 1, 0])}
