@@ -193,8 +193,8 @@ def test_hub_ids_and_existing_checkpoint_dirs_are_accepted_without_the_hub(env, 
 
 def _script(name: str) -> str:
     found = shutil.which(name, path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
-    if found is None:
-        pytest.skip(f"{name} is not installed as a console script")
+    # pyproject.toml's [project.scripts] installs it: a missing script is a broken install, not a skip
+    assert found is not None, f"{name} is not installed as a console script (pyproject.toml [project.scripts])"
     return found
 
 

@@ -44,10 +44,9 @@ def test_cpu_platform_is_autodetected_without_accelerator_and_only_with_our_plug
 
 
 def test_device_module_answers_every_call_verl_makes_through_get_torch_device():
-    from verl.utils.device import get_torch_device
+    """Our CPU platform's device module (what ``get_torch_device()`` returns on it), on any machine."""
+    from reweight.cpu.platform import make_platform_class
 
-    if not __import__("reweight.cpu", fromlist=["x"]).is_cpu_platform():
-        pytest.skip("not on the CPU platform")
     names = set()
     for root, _, files in os.walk(VERL_DIR):
         for f in files:
@@ -55,7 +54,7 @@ def test_device_module_answers_every_call_verl_makes_through_get_torch_device():
                 src = open(os.path.join(root, f), encoding="utf-8").read()
                 names.update(re.findall(r"get_torch_device\(\)\.(\w+)", src))
     assert len(names) > 15  # the scan found verl's call sites
-    device = get_torch_device()
+    device = make_platform_class()().device_module
     missing = sorted(n for n in names if not hasattr(device, n))
     assert not missing, f"the CPU device module lacks {missing}"
     # the FLOPs counter asks for the device name unless the module *is* torch.cpu
@@ -454,6 +453,7 @@ def _embedded_cfg(*overrides):
         ("actor_rollout_ref.actor.use_kl_loss=true", "use_kl_loss"),
     ],
 )
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present: verl runs on it, not on the CPU platform")
 def test_cpu_platform_refuses_what_it_cannot_run_before_ray_starts(override, key, monkeypatch):
     import ray
 
@@ -461,8 +461,8 @@ def test_cpu_platform_refuses_what_it_cannot_run_before_ray_starts(override, key
     from reweight.cpu.resources import CPUConfigError, check_cpu_config
     from reweight.train import prepare
 
-    if not __import__("reweight.cpu", fromlist=["x"]).is_cpu_platform():
-        pytest.skip("not on the CPU platform")
+    # without a GPU the plugin must have installed the CPU platform: if it did not, this fails, not skips
+    assert __import__("reweight.cpu", fromlist=["x"]).is_cpu_platform(), "no GPU, yet verl's platform is not reweight's cpu"
     monkeypatch.setattr(reweight.embedded, "prepare", lambda cfg, **kw: [])  # no model build needed here
     cfg = _embedded_cfg(override)
     with pytest.raises(CPUConfigError) as err:

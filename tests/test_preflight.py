@@ -247,8 +247,7 @@ def test_reweight_train_main_refuses_before_ray(tmp_path, capsys, monkeypatch):
 def test_console_script_refuses_a_bad_verl_value_in_one_line(tmp_path):
     """The real ``reweight-train`` (a training run, not a dry run): exit 2, one line, no Ray session."""
     script = shutil.which("reweight-train", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
-    if script is None:
-        pytest.skip("reweight-train is not installed as a console script")
+    assert script is not None, "reweight-train is not installed as a console script (pyproject.toml [project.scripts])"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "RAY_TMPDIR": str(tmp_path / "ray")}
     env.pop("REWEIGHT_DEBUG", None)
     t0 = time.monotonic()
