@@ -113,6 +113,13 @@ ACTOR, ROLLOUT, OPTIM = f"{AOR}.actor", f"{AOR}.rollout", f"{AOR}.actor.optim"
 
 # The ranges verl does not check (or checks only in a worker), by key. Everything else in the table is
 # checked for its type and finiteness only.
+# The FSDP engine settings of the actor and of the reference (verl's FSDPEngineConfig).
+FSDP_RANGES = {
+    "fsdp_config.fsdp_size": Range(1, also=(-1,), why="ranks per FSDP shard group; -1 = all"),
+    "fsdp_config.ulysses_sequence_parallel_size": AT_LEAST_1,
+    "fsdp_config.entropy_from_logits_chunk_size": Range(1, why="tokens per entropy chunk"),
+}
+
 RANGES: dict[str, Range] = {
     "data.train_batch_size": Range(1, why="prompts per training step; 0 divides by zero in verl's dataloader"),
     "data.gen_batch_size": Range(1, optional=True, kind=int, why="prompts per generation batch"),
@@ -122,6 +129,7 @@ RANGES: dict[str, Range] = {
     "data.val_max_samples": Range(1, also=(-1,), why="-1 = the whole file"),
     "data.dataloader_num_workers": Range(0, why="worker processes"),
     "data.filter_overlong_prompts_workers": AT_LEAST_1,
+    "data.image_patch_size": Range(1, why="pixels per image patch"),
     "trainer.nnodes": Range(1, why="nodes"),
     "trainer.n_gpus_per_node": Range(1, why="training ranks per node"),
     "trainer.total_epochs": AT_LEAST_1,
@@ -129,6 +137,7 @@ RANGES: dict[str, Range] = {
     "trainer.critic_warmup": Range(0),
     "trainer.log_val_generations": Range(0),
     "trainer.ray_wait_register_center_timeout": Range(0, low_open=True, why="seconds"),
+    "trainer.esi_redundant_time": Range(0, why="extra time before an ESI shutdown to save a checkpoint"),
     f"{ACTOR}.ppo_mini_batch_size": Range(1, why="prompts per actor update"),
     f"{ACTOR}.ppo_micro_batch_size": Range(1, optional=True),
     f"{ACTOR}.ppo_micro_batch_size_per_gpu": Range(1, optional=True),
@@ -141,6 +150,11 @@ RANGES: dict[str, Range] = {
     f"{ACTOR}.kl_loss_coef": Range(0),
     f"{ACTOR}.grad_clip": Range(0, low_open=True, why="the gradient-norm bound; 0 zeroes every update"),
     f"{ACTOR}.ulysses_sequence_parallel_size": AT_LEAST_1,
+    f"{ACTOR}.loss_scale_factor": Range(1, optional=True, why="the divisor of seq-mean-token-sum-norm; null: the response length"),
+    f"{ACTOR}.entropy_from_logits_chunk_size": Range(1, why="tokens per entropy chunk"),
+    **{f"{part}.{key}": r for part in (ACTOR, f"{AOR}.ref") for key, r in FSDP_RANGES.items()},
+    f"{AOR}.ref.ulysses_sequence_parallel_size": AT_LEAST_1,
+    f"{AOR}.ref.entropy_from_logits_chunk_size": Range(1, why="tokens per entropy chunk"),
     f"{OPTIM}.lr": Range(0, why="the learning rate"),
     f"{OPTIM}.weight_decay": Range(0),
     f"{OPTIM}.lr_warmup_steps_ratio": Range(0, high=1, why="a fraction of the training steps"),
@@ -171,6 +185,8 @@ RANGES: dict[str, Range] = {
     f"{ROLLOUT}.val_kwargs.top_k": Range(0, also=(-1,), why="-1 = off"),
     f"{ROLLOUT}.val_kwargs.n": Range(1, why="samples per validation prompt"),
     f"{ROLLOUT}.agent.num_workers": AT_LEAST_1,
+    f"{ROLLOUT}.multi_turn.max_parallel_calls": Range(1, why="tool calls at once"),
+    f"{ROLLOUT}.checkpoint_engine.update_weights_bucket_megabytes": Range(1, why="the weight-sync bucket"),
     f"{AOR}.ref.log_prob_micro_batch_size": Range(1, optional=True),
     f"{AOR}.ref.log_prob_micro_batch_size_per_gpu": Range(1, optional=True),
     f"{AOR}.ref.log_prob_max_token_len_per_gpu": Range(1, optional=True),

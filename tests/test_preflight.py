@@ -174,6 +174,82 @@ def test_every_key_of_the_table_refuses_its_bad_values_in_one_line(cfg, capsys, 
     assert not ray.is_initialized()
 
 
+# The fuzz's second source of cases, independent of preflight.RANGES: every numeric key that has a valid range,
+# written from verl 0.9.1's dataclasses and docs (what the value means), as "low..high" with "(" / ")" for an
+# open end and "|-1" where -1 is a documented special value. A key whose range preflight.RANGES forgot still
+# gets its bad values here; a key that leaves verl's table fails the count below.
+A, R, REF, OPT = f"{AOR}.actor", f"{AOR}.rollout", f"{AOR}.ref", f"{AOR}.actor.optim"
+FSDP = ("fsdp_config.fsdp_size", "1..|-1"), ("fsdp_config.ulysses_sequence_parallel_size", "1.."), \
+    ("fsdp_config.entropy_from_logits_chunk_size", "1..")  # fmt: skip
+VERL_RANGES = {
+    # data (verl/trainer/config/data/legacy_data.yaml)
+    "data.train_batch_size": "1..", "data.gen_batch_size": "1..", "data.max_prompt_length": "1..",
+    "data.max_response_length": "1..", "data.train_max_samples": "1..|-1", "data.val_max_samples": "1..|-1",
+    "data.dataloader_num_workers": "0..", "data.filter_overlong_prompts_workers": "1..", "data.image_patch_size": "1..",
+    # trainer (ppo_trainer.yaml)
+    "trainer.nnodes": "1..", "trainer.n_gpus_per_node": "1..", "trainer.total_epochs": "1..",
+    "trainer.total_training_steps": "1..", "trainer.critic_warmup": "0..", "trainer.log_val_generations": "0..",
+    "trainer.ray_wait_register_center_timeout": "(0..", "trainer.esi_redundant_time": "0..",
+    # actor (FSDPActorConfig / ActorConfig)
+    f"{A}.ppo_mini_batch_size": "1..", f"{A}.ppo_micro_batch_size": "1..", f"{A}.ppo_micro_batch_size_per_gpu": "1..",
+    f"{A}.ppo_max_token_len_per_gpu": "1..", f"{A}.ppo_epochs": "1..", f"{A}.clip_ratio": "0..",
+    f"{A}.clip_ratio_low": "0..", f"{A}.clip_ratio_high": "0..", f"{A}.clip_ratio_c": "(1..", f"{A}.kl_loss_coef": "0..",
+    f"{A}.grad_clip": "(0..", f"{A}.ulysses_sequence_parallel_size": "1..", f"{A}.loss_scale_factor": "1..",
+    f"{A}.entropy_from_logits_chunk_size": "1..", **{f"{A}.{k}": v for k, v in FSDP},
+    # optimizer (FSDPOptimizerConfig)
+    f"{OPT}.lr": "0..", f"{OPT}.weight_decay": "0..", f"{OPT}.lr_warmup_steps_ratio": "0..1", f"{OPT}.min_lr_ratio": "0..1",
+    f"{OPT}.clip_grad": "(0..",
+    # reference (its log-prob pass; FSDP settings as the actor's)
+    f"{REF}.log_prob_micro_batch_size": "1..", f"{REF}.log_prob_micro_batch_size_per_gpu": "1..",
+    f"{REF}.log_prob_max_token_len_per_gpu": "1..", f"{REF}.ulysses_sequence_parallel_size": "1..",
+    f"{REF}.entropy_from_logits_chunk_size": "1..", **{f"{REF}.{k}": v for k, v in FSDP},
+    # rollout (RolloutConfig, SamplingConfig, AgentLoopConfig, MultiTurnConfig, CheckpointEngineConfig)
+    f"{R}.n": "1..", f"{R}.temperature": "(0..", f"{R}.top_p": "(0..1", f"{R}.top_k": "0..|-1", f"{R}.prompt_length": "1..",
+    f"{R}.response_length": "1..", f"{R}.gpu_memory_utilization": "(0..1", f"{R}.tensor_model_parallel_size": "1..",
+    f"{R}.data_parallel_size": "1..", f"{R}.pipeline_model_parallel_size": "1..", f"{R}.expert_parallel_size": "1..",
+    f"{R}.max_num_batched_tokens": "1..", f"{R}.max_num_seqs": "1..", f"{R}.max_model_len": "1..",
+    f"{R}.log_prob_micro_batch_size": "1..", f"{R}.log_prob_micro_batch_size_per_gpu": "1..",
+    f"{R}.log_prob_max_token_len_per_gpu": "1..", f"{R}.over_sample_rate": "0..", f"{R}.val_kwargs.temperature": "0..",
+    f"{R}.val_kwargs.top_p": "(0..1", f"{R}.val_kwargs.top_k": "0..|-1", f"{R}.val_kwargs.n": "1..",
+    f"{R}.agent.num_workers": "1..", f"{R}.multi_turn.max_parallel_calls": "1..",
+    f"{R}.checkpoint_engine.update_weights_bucket_megabytes": "1..",
+    # algorithm (AlgoConfig, KLControlConfig, FilterGroupsConfig)
+    "algorithm.gamma": "0..1", "algorithm.lam": "0..1", "algorithm.kl_ctrl.kl_coef": "0..", "algorithm.kl_ctrl.horizon": "1..",
+    "algorithm.kl_ctrl.target_kl": "0..", "algorithm.filter_groups.max_inflight_gen_batches": "1..",
+}
+# The embedded default's table (docs/architecture.md): its numeric keys, and how many of them have a range.
+TABLE_KEYS, RANGED_KEYS = 119, len(VERL_RANGES)
+
+
+def _outside(spec: str) -> list[float]:
+    """Values just outside a ``VERL_RANGES`` spec, and a far one on each bounded side."""
+    spec, _, special = spec.partition("|")
+    low, high = spec.split("..")
+    out = []
+    if low:
+        lo = float(low.lstrip("("))
+        out += [lo, lo - 1] if low.startswith("(") else [lo - 1, lo - 100]
+    if high:
+        out += [float(high) + 0.5, float(high) + 100]
+    return [v for v in out if not special or v != float(special)]
+
+
+def test_every_key_with_a_range_in_verl_refuses_the_values_outside_it(cfg, capsys):
+    """Bad values from the hand-written VERL_RANGES (not from preflight.RANGES), and the table's size pinned."""
+    table = {s.key: s for s in preflight.settings(cfg)}
+    assert len(table) == TABLE_KEYS
+    assert sum(1 for s in table.values() if s.range is not None) == RANGED_KEYS
+    assert set(VERL_RANGES) <= set(table), sorted(set(VERL_RANGES) - set(table))
+    failures = []
+    for key, spec in VERL_RANGES.items():
+        for value in _outside(spec):
+            value = int(value) if table[key].kind is int and value == int(value) else value
+            code, lines = _refusal(cfg, [(key, value)], capsys)
+            if not (code == 2 and len(lines) == 1 and lines[0].startswith(f"{PROG}: error: {key}={value!r}")):
+                failures.append((key, value, code, lines))
+    assert not failures, failures[:10]
+
+
 @pytest.mark.parametrize("override, message", ISSUE_OVERRIDES, ids=[o.split("=")[0].rsplit(".", 1)[-1] for o, _ in ISSUE_OVERRIDES])
 def test_the_issue_overrides_are_refused_naming_the_key(cfg, capsys, override, message):
     code, lines = _refusal(cfg, [_parse(override)], capsys)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import subprocess
 import sys
 
@@ -274,13 +275,25 @@ def test_smoke_study_end_to_end(smoke_study):
     assert report["paired_sampling"] and "paired across arms" in md
     assert report["training"]["dapo"]["1"]["val_accuracy"]["0"] == report["training"]["low_prob"]["1"]["val_accuracy"]["0"]
     # the per-seed sections (1 seed here): each seed's values from its own tool output, the mean over seeds of them
-    from reweight.study.report import analysis_values
-
     for arm in ("dapo", "low_prob"):
         a = report["analysis"][arm]
         summary = json.loads((out / "analysis" / arm / "s1" / "summary.json").read_text())
         assert a["seeds"] == [1] and a["n_tokens"] == summary["n_tokens"] > 0
-        for name, value in analysis_values(summary).items():
+        # the report's keys, each read from reweight-analyze's summary.json by its own path (written out here,
+        # not with the report's reader): a wrong key would give None on one side only
+        metric = summary["metrics"]
+        expected = {
+            "delta_logp_q05": metric["delta_logp"]["all"]["quantiles"]["0.05"],
+            "delta_logp_q50": metric["delta_logp"]["all"]["quantiles"]["0.5"],
+            "delta_logp_q95": metric["delta_logp"]["all"]["quantiles"]["0.95"],
+            "frac_abs_delta_logp_above_0.5": summary["abs_delta_logp_above"]["all"]["0.5"],
+            "frac_abs_delta_logp_above_1.0": summary["abs_delta_logp_above"]["all"]["1.0"],
+            "kl_rl_base_mean": metric["kl_rl_base"]["all"]["mean"],
+            "entropy_rl_mean": metric["entropy_rl"]["all"]["mean"],
+        }
+        assert set(a["per_seed"]["1"]) == {"n_tokens", *expected}
+        for name, value in expected.items():
+            assert isinstance(value, float) and math.isfinite(value), (arm, name, value)
             assert a["per_seed"]["1"][name] == value and a["mean_ci"][name]["mean"] == pytest.approx(value)
     assert "## Direction analysis (Fig. 1b)" in md and "mean over seeds [95% percentile bootstrap interval over seeds]" in md
     # replacement: seed 1 enters Fig. 1c iff its dapo model beats the base on the test evaluation, else it is named
