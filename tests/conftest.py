@@ -127,11 +127,18 @@ E2E_TRAIN_OVERRIDES = (
 
 @pytest.fixture(scope="session")
 def e2e_assets(tmp_path_factory):
-    """The embedded model and data built from :data:`E2E_RECIPE` in a session cache."""
+    """The embedded model and data built from :data:`E2E_RECIPE`: in the session's temporary directory, or in
+    ``REWEIGHT_CACHE`` when the caller set one (to reuse the build across sessions). The variable is set for the
+    build only: later tests see the environment they were started with."""
     from reweight.embedded import Recipe, ensure_built
 
-    os.environ.setdefault("REWEIGHT_CACHE", str(tmp_path_factory.mktemp("cache")))
-    return ensure_built(Recipe(**E2E_RECIPE), log=lambda *_: None)
+    saved = os.environ.get("REWEIGHT_CACHE")
+    os.environ["REWEIGHT_CACHE"] = saved or str(tmp_path_factory.mktemp("cache"))
+    try:
+        return ensure_built(Recipe(**E2E_RECIPE), log=lambda *_: None)
+    finally:
+        if saved is None:
+            del os.environ["REWEIGHT_CACHE"]
 
 
 def e2e_asset_overrides(assets) -> list[str]:

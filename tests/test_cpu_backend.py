@@ -254,11 +254,13 @@ def test_rollout_server_generates_token_outputs_and_takes_weight_updates(tiny_mo
     prompts = [tok(f"Compute {i}+{i}.")["input_ids"] for i in range(12)]
 
     async def scenario():
-        async def one(i, p):
-            await asyncio.sleep(0.003 * i)  # a trickle, as verl's agent loop sends them
-            return await server.generate(p, {"temperature": 1.0, "logprobs": True}, f"req-{i}")
-
-        outs = await asyncio.gather(*[one(i, p) for i, p in enumerate(prompts)])
+        # The engine is held while the requests are queued (one yield runs each generate() up to its wait), so
+        # they share decode batches whatever the machine's speed: it admits the first it finds, then the rest.
+        with server._engine_lock:
+            tasks = [asyncio.ensure_future(server.generate(p, {"temperature": 1.0, "logprobs": True}, f"req-{i}"))
+                     for i, p in enumerate(prompts)]  # fmt: skip
+            await asyncio.sleep(0)
+        outs = await asyncio.gather(*tasks)
         zeros = {n: torch.zeros_like(p) for n, p in reference.named_parameters()}
         n = await server.load_weights(zeros, global_steps=7)
         after = await server.generate(prompts[0], {"temperature": 1.0, "logprobs": True}, "after")

@@ -180,19 +180,28 @@ def test_half_written_export_is_never_used(ckpt, tmp_path, count_merges):
 
 
 def test_concurrent_callers_export_once(ckpt, tmp_path, monkeypatch):
+    import fcntl
     import threading
-    import time
 
     exp = _copy_experiment(ckpt, tmp_path / "exp")
-    calls = []
-    real = models._merge
+    calls, lock_requests = [], []
+    second_at_lock = threading.Event()
+    real_merge, real_flock = models._merge, fcntl.flock
 
-    def slow_merge(actor, target, log):  # long enough that the second caller arrives mid-export
+    def flock(handle, op):  # the export lock: note each request for it before waiting on it
+        if op == fcntl.LOCK_EX:
+            lock_requests.append(threading.current_thread().name)
+            if len(lock_requests) == 2:
+                second_at_lock.set()
+        return real_flock(handle, op)
+
+    def merge_once_the_second_caller_waits(actor, target, log):
         calls.append(actor)
-        time.sleep(0.5)
-        return real(actor, target, log)
+        assert second_at_lock.wait(timeout=60), "the second caller never asked for the export lock"
+        return real_merge(actor, target, log)
 
-    monkeypatch.setattr(models, "_merge", slow_merge)
+    monkeypatch.setattr(fcntl, "flock", flock)
+    monkeypatch.setattr(models, "_merge", merge_once_the_second_caller_waits)
     results = []
     threads = [threading.Thread(target=lambda: results.append(resolve_model_path(str(exp)))) for _ in range(2)]
     for t in threads:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
@@ -11,23 +10,36 @@ from reweight.study.pipeline import Step, Study
 from reweight.study.spec import StudyInputError, StudySpec
 
 
-class Recorder:
-    """Step actions that note when they start and end, and how many ran at once."""
+WAIT_S = 60  # how long an action waits for the others it expects to run beside it (a bug, not a slow machine)
 
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.running = 0
-        self.peak = 0
+
+class Recorder:
+    """Step actions that note when they start and end, and how many ran at once.
+
+    Nothing depends on timing: a training action waits (on a condition, not a sleep) until ``jobs`` trainings run
+    at once or every training has started, so a study that runs fewer at once keeps the peak below ``jobs``
+    (the wait times out and the test fails), and one that runs more shows a higher peak.
+    """
+
+    def __init__(self, jobs: int = 1, trainings: int = 0):
+        self.cond = threading.Condition()
+        self.jobs, self.trainings = jobs, trainings
+        self.running = self.started = self.peak = 0
         self.order: list[str] = []
 
-    def action(self, key: str, seconds: float = 0.05, fail: bool = False):
+    def action(self, key: str, fail: bool = False, before_end=None):
         def run():
-            with self.lock:
+            with self.cond:
                 self.running += 1
+                self.started += key.startswith("train")
                 self.peak = max(self.peak, self.running)
                 self.order.append(f"start {key}")
-            time.sleep(seconds)
-            with self.lock:
+                self.cond.notify_all()
+                if key.startswith("train"):
+                    self.cond.wait_for(lambda: self.running >= self.jobs or self.started == self.trainings, WAIT_S)
+            if before_end is not None:
+                before_end()
+            with self.cond:
                 self.running -= 1
                 self.order.append(f"end {key}")
             if fail:
@@ -47,10 +59,10 @@ def _study(tmp_path, jobs: int, monkeypatch) -> Study:
 
 @pytest.mark.parametrize("jobs", [1, 2, 3])
 def test_at_most_jobs_trainings_run_at_once_and_the_rest_follows_them(tmp_path, monkeypatch, jobs):
-    rec = Recorder()
+    rec = Recorder(jobs, trainings=5)
     study = _study(tmp_path, jobs, monkeypatch)
     steps = [Step(f"train_{i}", "train", f"train {i}", rec.action(f"train_{i}")) for i in range(5)]
-    steps += [Step(f"eval_{i}", "eval", f"eval {i}", rec.action(f"eval_{i}", 0.01)) for i in range(2)]
+    steps += [Step(f"eval_{i}", "eval", f"eval {i}", rec.action(f"eval_{i}")) for i in range(2)]
     study.run(steps)
     assert rec.peak == jobs
     assert all((study.out / "steps" / f"{s.key}.json").exists() for s in steps)
@@ -62,11 +74,26 @@ def test_at_most_jobs_trainings_run_at_once_and_the_rest_follows_them(tmp_path, 
 
 
 def test_a_failed_training_stops_new_starts_and_is_raised_after_the_running_ones(tmp_path, monkeypatch):
-    rec = Recorder()
+    import concurrent.futures
+
+    futures = []
+
+    class Pool(concurrent.futures.ThreadPoolExecutor):  # the study's pool, noting the futures it hands out
+        def submit(self, *args, **kwargs):
+            futures.append(super().submit(*args, **kwargs))
+            return futures[-1]
+
+    monkeypatch.setattr(concurrent.futures, "ThreadPoolExecutor", Pool)
+
+    def after_a_has_failed():  # b ends only once a's failure is on its future, so the study sees it first
+        concurrent.futures.wait(futures[:1], timeout=WAIT_S)
+        assert futures[0].done()
+
+    rec = Recorder(jobs=2, trainings=3)
     study = _study(tmp_path, 2, monkeypatch)
     steps = [
-        Step("train_a", "train", "a", rec.action("train_a", 0.05, fail=True)),
-        Step("train_b", "train", "b", rec.action("train_b", 0.2)),
+        Step("train_a", "train", "a", rec.action("train_a", fail=True)),
+        Step("train_b", "train", "b", rec.action("train_b", before_end=after_a_has_failed)),
         Step("train_c", "train", "c", rec.action("train_c")),
         Step("eval_a", "eval", "eval a", rec.action("eval_a")),
     ]
