@@ -36,11 +36,12 @@ pytestmark = [
 ]
 
 RUN_TIMEOUT_S = 600
-# |p_rollout - p_actor| over every sampled token. Both sides run the same fp32 weights (the embedded model's
-# dtype; vLLM serves it in fp32 on CPU) and differ only in kernels (vLLM's oneDNN GEMMs and paged attention
-# against torch's sdpa on FSDP shards), i.e. in fp32 summation order: ~1e-6 (2.5e-6 measured at most). A
-# weight sync that did not reach vLLM leaves the rollout on older weights, which differ by far more: the
-# resumed run checks that its policy has moved 10x the bound from the base model (the direction monitor).
+# |p_rollout - p_actor| over every sampled token. Both sides run the same fp32 weights (the CPU backend runs
+# the vLLM rollout in fp32, reweight.cpu.vllm) and differ only in kernels (vLLM's oneDNN GEMMs and CPU
+# attention against torch's sdpa on FSDP shards), i.e. in fp32 rounding: 7.7e-7 to 1.6e-6 measured, over
+# every step of every run (the hf rollout: 7e-7 to 9e-7). A bf16 rollout gave 1e-2, and a weight sync that
+# did not reach vLLM leaves the rollout on older weights, which differ by more still: the resumed run checks
+# that its policy has moved from the base model by 10x the bound (the direction monitor's Δlog p).
 PROBS_DIFF_BOUND = 1e-4
 LOSS_KEYS = ("actor/pg_loss", "actor/reweight/weight_mean", "actor/reweight/weight_max", "actor/reweight/weight_min")
 
@@ -114,7 +115,8 @@ def test_low_prob_with_the_vllm_rollout_logs_our_loss_and_matching_rollout_probs
         # low_prob, α = 0.2: weights in [1, 1.2], some p < 1 upweighted
         assert m["actor/reweight/weight_max"] <= 1.2 + 1e-6 and m["actor/reweight/weight_min"] >= 1.0
         assert m["actor/reweight/weight_mean"] > 1.0
-        # step 1: vLLM loaded the model itself; step 2: after the first weight sync from the FSDP actor
+        # vLLM starts on dummy weights (verl's load_format: dummy): every step's rollout, step 1's included,
+        # ran on weights synced from the FSDP actor
         assert 0.0 <= m["training/rollout_probs_diff_max"] < PROBS_DIFF_BOUND, (step, m["training/rollout_probs_diff_max"])
     assert (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
 
