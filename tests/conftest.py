@@ -22,7 +22,7 @@ torch.set_num_threads(1)
 # worker never attaches to it; on its own worker it shortens the training worker's path by ~3 min (it builds
 # the e2e assets there again, ~20 s). A scheduler of ours rather than xdist's `--dist loadgroup`, whose group
 # marks pytest-xdist 3.8 does not apply under pytest 9 (measured: marked tests still spread over both workers).
-TRAINING_FILES = ("test_e2e_cpu.py", "test_study.py", "test_paired.py")
+TRAINING_FILES = ("test_e2e_cpu.py", "test_study.py", "test_paired.py", "test_vllm_cpu.py")
 
 
 def pytest_xdist_make_scheduler(config, log):
