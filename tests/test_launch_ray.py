@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import E2E_TRAIN_OVERRIDES, e2e_asset_overrides
+from conftest import E2E_TRAIN_OVERRIDES, e2e_asset_overrides, minimal_run_files
 from test_launch_units import log_offline_runs
 
 ALPHA = "actor_rollout_ref.actor.policy_loss.alpha"
@@ -41,11 +41,7 @@ ONE_NODE = ["trainer.nnodes=1", "trainer.n_gpus_per_node=1", *CPU_OVERRIDES]
 def _files(tmp_path) -> list[str]:
     """A model dir, data files and an output dir that exist: reweight-train --dry-run checks them (this machine
     is every node here)."""
-    (tmp_path / "model").mkdir(exist_ok=True)
-    for name in ("train", "val"):
-        (tmp_path / f"{name}.parquet").touch()
-    return [f"actor_rollout_ref.model.path={tmp_path / 'model'}", f"data.train_files={tmp_path / 'train.parquet'}",
-            f"data.val_files={tmp_path / 'val.parquet'}", f"trainer.default_local_dir={tmp_path / 'ckpt'}"]
+    return minimal_run_files(tmp_path)  # the pre-flight reads them: empty files are refused
 
 
 def _launcher() -> list[str]:
