@@ -531,11 +531,11 @@ def check_checkpoint(cfg: DictConfig) -> None:
     if problem is None:
         return
     good = _good_steps_below(root, step)
-    resume = (f"to resume from global_step_{good[0]} add trainer.resume_mode=resume_path "
-              f"trainer.resume_from_path={root / f'global_step_{good[0]}'}; " if good else "")
+    resume = (f"To resume from global_step_{good[0]} add trainer.resume_mode=resume_path "
+              f"trainer.resume_from_path={root / f'global_step_{good[0]}'}; to start afresh" if good else "To start afresh")
     raise ConfigError(
         f"{where}: the latest checkpoint global_step_{step} is damaged: {problem} (a full disk or an interrupted "
-        f"copy; nothing was changed). {resume}to start afresh add trainer.resume_mode=disable"
+        f"copy; nothing was changed). {resume} add trainer.resume_mode=disable"
     )
 
 

@@ -257,3 +257,15 @@ def output_file_problem(path: str | os.PathLike) -> str | None:
     if target.is_dir():
         return "a directory, expected a file path"
     return output_dir_problem(target.parent)
+
+
+def require_output(value: str | os.PathLike | None, flag: str, kind: str = "file") -> None:
+    """Refuse an output location (``kind`` ``file`` or ``dir``) that cannot be written, naming ``flag``:
+    ``--out='/proc/x.jsonl': cannot be created: ...`` (a :class:`reweight.cli_errors.UsageError`, exit 2)."""
+    from reweight.cli_errors import UsageError
+
+    if value is None:
+        return
+    problem = output_file_problem(value) if kind == "file" else output_dir_problem(value)
+    if problem:
+        raise UsageError(f"{flag}={str(value)!r}: {problem}")
