@@ -107,7 +107,7 @@ def _safetensors_problem(path: Path) -> str | None:
     return None
 
 
-def _weights_problem(model: Path) -> str | None:
+def weights_problem(model: Path) -> str | None:
     for name in WEIGHT_INDEXES:
         index = model / name
         if index.is_file():
@@ -160,7 +160,7 @@ def model_dir_problem(path: Path, *, config: Path | None = _SAME, tokenizer: Pat
         problem = _config_problem(config, trust_remote_code)
         if problem:
             return problem
-    problem = _weights_problem(path)
+    problem = weights_problem(path)
     if problem:
         return problem
     if tokenizer is not None and tokenizer.is_dir() and not any((tokenizer / n).is_file() for n in TOKENIZER_FILES) \
@@ -269,3 +269,20 @@ def require_output(value: str | os.PathLike | None, flag: str, kind: str = "file
     problem = output_file_problem(value) if kind == "file" else output_dir_problem(value)
     if problem:
         raise UsageError(f"{flag}={str(value)!r}: {problem}")
+
+
+def model_shards_problem(actor: Path) -> str | None:
+    """Why verl's model merger cannot export the actor checkpoint ``actor`` (its model shards only), or None."""
+    shards = sorted(actor.glob("model_world_size_*_rank_*.pt"))
+    if not shards:
+        return "no model_world_size_*_rank_*.pt (the model shards) in actor/"
+    sizes = {int(CHECKPOINT_FILE.match(s.name)["ws"]) for s in shards if CHECKPOINT_FILE.match(s.name)}
+    for ws in sorted(sizes):
+        for rank in range(ws):
+            if not (actor / f"model_world_size_{ws}_rank_{rank}.pt").is_file():
+                return f"actor/model_world_size_{ws}_rank_{rank}.pt is missing"
+    for s in shards:
+        problem = _torch_file_problem(s, actor.parent)
+        if problem:
+            return problem
+    return None

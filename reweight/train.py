@@ -486,7 +486,7 @@ def run_ppo_retrying_ray_start(cfg: DictConfig, note=None) -> None:
             _stop_partial_node(e)
             if attempt == RAY_START_ATTEMPTS:
                 raise RayStartError(
-                    f"Ray could not start its node on this machine: {RAY_START_ATTEMPTS} times the node did not register "
+                    f"Ray could not start its node on this machine: in {RAY_START_ATTEMPTS} tries the node did not register "
                     f"within Ray's fixed 30 s ({_load()}: the machine is too busy). Nothing was trained and no file "
                     f"was changed; rerun the same command when the load is lower, or start Ray yourself "
                     f"(ray start --head) and join it with ray_kwargs.ray_init.address=auto"

@@ -59,6 +59,7 @@ def _main(tool: str):
     return import_module({
         "train": "reweight.train", "eval": "reweight.evaluation.cli", "analyze": "reweight.analysis.cli",
         "decode": "reweight.decoding.cli", "study": "reweight.study.cli", "prepare-data": "reweight.data.prepare",
+        "launch": "reweight.launch.cli",
     }[tool]).main
 
 
@@ -83,7 +84,7 @@ def _refused(tool: str, argv: list[str], capsys, code: int = 2) -> str:
 
     assert _call(tool, argv) == code
     assert not ray.is_initialized()
-    return _one_line(capsys, f"reweight-{tool}")
+    return _one_line(capsys, f"reweight-{tool}" + (f" {argv[0]}" if tool in ("eval", "launch") else ""))
 
 
 def _with(overrides: list[str], **changes: str) -> list[str]:
@@ -377,17 +378,21 @@ def _outputs(tmp_path: Path, run: list[str]) -> list[tuple[str, list[str], str]]
         ("decode", ["sweep", "--base", model, "--rl", model, "--data", data, "--out", f"{PROC}/sw"], f"--out='{PROC}/sw'"),
         ("study", ["--dry-run", "--out", f"{PROC}/study", *run], f"--out='{PROC}/study': cannot be created"),
         ("prepare-data", ["--out-dir", f"{PROC}/d", "--from-file", f"amc={data}"], f"--out-dir='{PROC}/d'"),
+        ("launch", ["sweep", "--slurm", "--nodes", "1", "--gpus-per-node", "8", "--dry-run", "--out-dir", f"{PROC}/sw", "--",
+                    "actor_rollout_ref.actor.policy_loss.alpha=0.1,0.2"], f"--out-dir='{PROC}/sw': cannot be created"),
+        ("launch", ["slurm", "--nodes", "1", "--gpus-per-node", "8", "--dry-run", "--script", f"{PROC}/x.sbatch", "--",
+                    "actor_rollout_ref.actor.policy_loss.alpha=0.1"], f"--script='{PROC}/x.sbatch': cannot be created"),
     ]
 
 
 OUTPUT_IDS = ["train-proc", "train-file", "eval-sample-proc", "eval-sample-file", "eval-score", "eval-report", "analyze",
-              "decode-generate", "decode-sweep", "study", "prepare-data"]
+              "decode-generate", "decode-sweep", "study", "prepare-data", "launch-sweep", "launch-slurm"]
 
 
 @pytest.mark.parametrize("case", range(len(OUTPUT_IDS)), ids=OUTPUT_IDS)
 def test_an_unwritable_output_location_is_refused_naming_the_option(run, tmp_path, capsys, case):
     tool, argv, expected = _outputs(tmp_path, run)[case]
-    prog = f"reweight-{tool}" + (f" {argv[0]}" if tool == "eval" else "")
+    prog = f"reweight-{tool}" + (f" {argv[0]}" if tool in ("eval", "launch") else "")
     assert _call(tool, argv) == 2
     line = _one_line(capsys, prog)
     assert expected in line, line
@@ -451,7 +456,7 @@ def test_a_node_that_times_out_twice_is_one_line_and_exit_75(run, monkeypatch, c
     assert "Traceback" not in captured.err
     lines = [line for line in captured.err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("reweight-train: error: Ray could not start its node on this machine: "
-                                                   "2 times the node did not register within Ray's fixed 30 s"), captured.err
+                                                   "in 2 tries the node did not register within Ray's fixed 30 s"), captured.err
     assert "Nothing was trained" in lines[0]
     assert len(calls) == 2 and calls[0] == calls[1]  # verl's own arguments, both times
     assert "[reweight-train] Ray's node did not register within Ray's 30 s" in captured.out
@@ -512,3 +517,36 @@ def test_the_timed_out_nodes_processes_are_stopped_before_the_retry():
     except Exception as e:
         _stop_partial_node(e)
     assert stopped == [{"check_alive": False, "allow_graceful": True}]
+
+
+# ------------------------------------------------------------------------------------------ the other tools' models
+
+
+def test_a_model_with_a_cut_weights_file_is_one_line_for_every_tool_that_loads_it(tiny_pair_dirs, tmp_path):
+    """reweight-eval / -decode / -analyze load models through reweight.models.load_model: a cut
+    model.safetensors was safetensors' traceback (exit 1); now one line naming the file, exit 2."""
+    import shutil
+
+    from reweight.cli_errors import run_cli
+    from reweight.models import load_model
+
+    model = tmp_path / "cut"
+    shutil.copytree(tiny_pair_dirs[0], model)
+    weights = model / "model.safetensors"
+    size = weights.stat().st_size
+    weights.write_bytes(weights.read_bytes()[: size // 2])
+    with pytest.raises(ValueError) as error:
+        load_model(str(model), "cpu")
+    assert str(error.value).startswith(f"cannot load a model from '{model}': model.safetensors is truncated ({size // 2} bytes; "), error.value
+    assert run_cli("reweight-eval sample", lambda: load_model(str(model), "cpu")) == 2
+
+
+def test_a_verl_checkpoint_with_an_emptied_model_shard_is_refused_before_the_export(run, tmp_path, capsys):
+    """reweight-eval sample --model <global_step_N>: the model merger failed with a traceback (exit 1)."""
+    root = _checkpoint(tmp_path / "ckpt")
+    (root / "global_step_2/actor/model_world_size_2_rank_0.pt").write_bytes(b"")
+    line = _refused("eval", ["sample", "--model", str(root / "global_step_2"), "--data", str(tmp_path / "val.parquet"),
+                             "--out", str(tmp_path / "e.jsonl")], capsys)
+    assert line == (f"reweight-eval sample: error: cannot export the verl checkpoint '{root / 'global_step_2'}': "
+                    f"actor/model_world_size_2_rank_0.pt is empty"), line
+    assert not (root / "global_step_2/actor/hf_export").exists()

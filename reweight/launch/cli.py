@@ -409,8 +409,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from reweight.cli_errors import run_cli, user_errors
 
+    from reweight.file_checks import require_output
+
     args = build_parser().parse_args(argv)
-    return run_cli(f"{PROG} {args.command}", lambda: args.func(args), user_errors((RuntimeError,)))
+
+    def body() -> int:
+        # where a command writes, checked before it composes, checks or submits anything
+        require_output(getattr(args, "out_dir", None), "--out-dir", "dir")
+        require_output(getattr(args, "script", None), "--script")
+        require_output(getattr(args, "output", None), "--output")
+        return args.func(args)
+
+    return run_cli(f"{PROG} {args.command}", body, user_errors((RuntimeError,)))
 
 
 if __name__ == "__main__":
