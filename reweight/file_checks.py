@@ -43,7 +43,7 @@ CHECKPOINT_FILE = re.compile(r"^(?P<kind>.+)_world_size_(?P<ws>\d+)_rank_(?P<ran
 # ------------------------------------------------------------------------------------------ data
 
 
-def data_file_problem(path: Path, columns: Sequence[str] = ()) -> str | None:
+def data_file_problem(path: Path, columns: Sequence[str] = (), reader: str = "verl") -> str | None:
     """Why verl cannot train on ``path`` (an existing local file or directory), or None.
 
     ``columns``: top-level columns a parquet file must have; ``reward_model`` is also held to having a
@@ -68,7 +68,7 @@ def data_file_problem(path: Path, columns: Sequence[str] = ()) -> str | None:
         return "a parquet file with no rows"
     missing = [c for c in columns if c not in schema.names]
     if missing:
-        return (f"no {'column' if len(missing) == 1 else 'columns'} {', '.join(map(repr, missing))}, which verl reads "
+        return (f"no {'column' if len(missing) == 1 else 'columns'} {', '.join(map(repr, missing))}, which {reader} reads "
                 f"(it has {', '.join(map(repr, schema.names)) or 'none'})")
     if "reward_model" in columns:
         import pyarrow as pa

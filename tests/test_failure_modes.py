@@ -550,3 +550,12 @@ def test_a_verl_checkpoint_with_an_emptied_model_shard_is_refused_before_the_exp
     assert line == (f"reweight-eval sample: error: cannot export the verl checkpoint '{root / 'global_step_2'}': "
                     f"actor/model_world_size_2_rank_0.pt is empty"), line
     assert not (root / "global_step_2/actor/hf_export").exists()
+
+
+@pytest.mark.parametrize("kind, why", [("text", "not a parquet file"), ("zero_rows", "a parquet file with no rows"),
+                                       ("columns", "no column 'prompt', which reweight-eval reads")])
+def test_a_study_refuses_test_data_it_could_only_read_after_training(run, tmp_path, capsys, kind, why):
+    """--test-data is read by the evaluation after every run has trained: a broken file is refused first."""
+    path = _broken_data(tmp_path, kind)
+    line = _refused("study", ["--dry-run", "--out", str(tmp_path / "study"), "--test-data", str(path), *run], capsys)
+    assert f"--test-data '{path}': {why}" in line, line
