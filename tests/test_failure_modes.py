@@ -559,3 +559,19 @@ def test_a_study_refuses_test_data_it_could_only_read_after_training(run, tmp_pa
     path = _broken_data(tmp_path, kind)
     line = _refused("study", ["--dry-run", "--out", str(tmp_path / "study"), "--test-data", str(path), *run], capsys)
     assert f"--test-data '{path}': {why}" in line, line
+
+
+def test_ray_head_finds_ray_beside_the_interpreter_when_path_lacks_it(monkeypatch, capsys):
+    """The two-node fixture failed with "[Errno 2] No such file or directory: b'/bin/ray'" in a shell whose PATH
+    lacked the environment's bin/: `ray` is taken from beside the interpreter, or refused in one line."""
+    import reweight.launch.cli as cli
+
+    started = []
+    monkeypatch.setattr(os, "execve", lambda exe, cmd, env: started.append(exe))
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert cli.main(["ray-head", "--port", "6390"]) == 1  # what follows a real exec is never reached
+    assert started == [str(Path(sys.executable).parent / "ray")]
+    monkeypatch.setattr(cli.sys, "executable", "/nonexistent/python")
+    assert cli.main(["ray-head", "--port", "6390"]) == 2
+    line = _one_line(capsys, "reweight-launch ray-head")
+    assert "the 'ray' command is neither on PATH nor beside /nonexistent/python" in line, line

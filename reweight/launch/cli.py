@@ -59,7 +59,14 @@ def _exec_ray(cmd: list[str], env: dict[str, str], dry_run: bool) -> int:
     _say("RAY_AUTH_MODE=" + env["RAY_AUTH_MODE"] + " " + shlex.join(cmd))
     if dry_run:
         return 0
-    os.execvpe(cmd[0], cmd, env)
+    import shutil
+
+    # `ray` is installed beside this interpreter; a shell that did not activate the environment lacks it on PATH
+    exe = shutil.which(cmd[0], path=env.get("PATH")) or shutil.which(cmd[0], path=os.path.dirname(sys.executable))
+    if exe is None:
+        raise FileNotFoundError(f"the {cmd[0]!r} command is neither on PATH nor beside {sys.executable}: install ray there "
+                                f"(pip install verl-reweight brings it) or activate that environment")
+    os.execve(exe, cmd, env)
     return 1  # not reached
 
 
