@@ -365,17 +365,77 @@ def _as_list(value: Any) -> list[str]:
     return [str(v) for v in value]
 
 
+# verl's reward managers (naive, dapo, gdpo, limited, remote) read these columns of every row
+REWARD_COLUMNS = ("data_source", "reward_model")
+VERL_REWARD_MANAGERS = ("naive", "dapo", "gdpo", "limited", "remote")
+
+
+def data_columns(cfg: DictConfig) -> list[str]:
+    """The top-level columns verl reads from every row of the data files (none with a custom dataset class)."""
+    if OmegaConf.select(cfg, "data.custom_cls.path", default=None):
+        return []  # a custom dataset class reads what it likes
+    columns = [str(OmegaConf.select(cfg, "data.prompt_key", default="prompt") or "prompt")]
+    source = OmegaConf.select(cfg, "reward.reward_manager.source", default="register")
+    name = OmegaConf.select(cfg, "reward.reward_manager.name", default=None)
+    if source == "register" and name in VERL_REWARD_MANAGERS:
+        columns += [c for c in REWARD_COLUMNS if c not in columns]
+    return columns
+
+
 def check_data_files(cfg: DictConfig) -> None:
-    """Every local file of ``data.train_files`` / ``data.val_files`` exists (URIs and embedded:// skipped)."""
-    for key in DATA_KEYS:
-        for item in _as_list(OmegaConf.select(cfg, key, default=None)):
-            if _is_uri(item):
-                continue
-            path = Path(item).expanduser()
-            if not path.exists():
-                raise ConfigError(f"{key}={item!r}: file not found")
-            if path.is_dir() and not any(path.glob("*.parquet")):
+    """Every local file of ``data.train_files`` / ``data.val_files`` exists and verl can read it: a parquet
+    file with rows and the columns verl reads, or a .json/.jsonl file (URIs and embedded:// skipped)."""
+    from reweight.file_checks import data_file_problem
+
+    columns = data_columns(cfg)
+    custom = OmegaConf.select(cfg, "data.custom_cls.path", default=None)
+    local = [(key, item, Path(item).expanduser()) for key in DATA_KEYS
+             for item in _as_list(OmegaConf.select(cfg, key, default=None)) if not _is_uri(item)]
+    for key, item, path in local:  # every missing file first: the cheapest answer, and the likeliest typo
+        if not path.exists():
+            raise ConfigError(f"{key}={item!r}: file not found")
+    for key, item, path in local:
+        if path.is_dir() and (custom or path.name.endswith(".parquet")):  # a dataset class / reader of its own
+            if not any(path.glob("*.parquet")):
                 raise ConfigError(f"{key}={item!r}: a directory without .parquet files")
+            continue
+        problem = data_file_problem(path, columns)
+        if problem:
+            raise ConfigError(f"{key}={item!r}: {problem}")
+
+
+def check_model_files(cfg: DictConfig) -> None:
+    """A local ``actor_rollout_ref.model.path`` is a Hugging Face model directory verl can load (config.json
+    that loads, weights, tokenizer); its ``hf_config_path`` / ``tokenizer_path`` where set and local."""
+    from reweight.file_checks import model_dir_problem
+
+    model = str(OmegaConf.select(cfg, MODEL_KEY))
+    if _is_uri(model) or not Path(model).expanduser().exists():
+        return  # embedded://, hdfs://... or a hub id: their loaders report
+    parts = {}
+    for part in ("hf_config_path", "tokenizer_path"):
+        value = OmegaConf.select(cfg, f"{MODEL}.{part}", default=None)
+        if value is None:
+            parts[part] = Path(model).expanduser()
+            continue
+        local = Path(str(value)).expanduser()
+        if not _is_uri(str(value)) and not local.exists() and model_path_problem_of(str(value)):
+            raise ConfigError(f"{MODEL}.{part}={str(value)!r}: {model_path_problem_of(str(value))}")
+        parts[part] = local if local.is_dir() else None
+    if not OmegaConf.select(cfg, f"{MODEL}.load_tokenizer", default=True):
+        parts["tokenizer_path"] = None
+    problem = model_dir_problem(
+        Path(model).expanduser(), config=parts["hf_config_path"], tokenizer=parts["tokenizer_path"],
+        trust_remote_code=bool(OmegaConf.select(cfg, f"{MODEL}.trust_remote_code", default=False)),
+    )
+    if problem:
+        raise ConfigError(f"{MODEL_KEY}={model!r}: {problem}")
+
+
+def model_path_problem_of(path: str) -> str | None:
+    from reweight.models import model_path_problem
+
+    return model_path_problem(path)
 
 
 def _absolute(path: str) -> Path:
@@ -406,29 +466,91 @@ def check_resume(cfg: DictConfig) -> None:
 
 
 def check_writable_dir(value: str, key: str) -> None:
-    """``value`` is a directory this user can create and write (nothing is created here)."""
-    path = _absolute(str(value))
-    probe = path
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        raise ConfigError(f"{key}={value!r}: {probe} is a file, not a directory")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        what = "is not writable" if probe == path else f"cannot be created ({probe} is not writable)"
-        raise ConfigError(f"{key}={value!r}: {what}")
+    """``value`` is a directory this user can create and write (probed with a temporary directory that is
+    removed at once: nothing is left behind)."""
+    from reweight.file_checks import output_dir_problem
+
+    problem = output_dir_problem(str(value))
+    if problem:
+        raise ConfigError(f"{key}={value!r}: {problem}")
+
+
+def _good_steps_below(root: Path, step: int) -> list[int]:
+    """The ``global_step_N`` of ``root`` below ``step`` that pass :func:`checkpoint_problem`, newest first."""
+    from reweight.file_checks import checkpoint_problem
+
+    steps = sorted((int(m.group(1)) for d in root.iterdir() if (m := STEP_DIR.search(d.name)) and d.is_dir()), reverse=True)
+    return [n for n in steps if n < step and checkpoint_problem(root / f"global_step_{n}") is None]
+
+
+def check_checkpoint(cfg: DictConfig) -> None:
+    """The checkpoint verl would resume from is complete; refused in one line naming the file otherwise.
+
+    verl writes ``latest_checkpointed_iteration.txt`` only after a step's files are saved, so a run killed
+    while saving resumes from the previous step by itself. A damaged file in the step the tracker names
+    (a full disk, a copy that was cut short) would fail inside a Ray worker: refused here, with the
+    overrides that resume from the newest good earlier step or start afresh. Nothing is moved or deleted:
+    which way to go is the user's choice (a damaged save often means the disk is full again).
+    """
+    from reweight.file_checks import checkpoint_problem
+    from reweight.models import TRACKER_FILE
+
+    mode = OmegaConf.select(cfg, "trainer.resume_mode", default="auto")
+    if mode == "disable":
+        return
+    if mode == "resume_path":
+        value = str(cfg.trainer.resume_from_path)
+        problem = checkpoint_problem(_absolute(value))
+        if problem:
+            raise ConfigError(f"trainer.resume_from_path={value!r}: {problem}")
+        return
+    root = _absolute(str(cfg.trainer.default_local_dir))
+    tracker = root / TRACKER_FILE
+    if not tracker.is_file():
+        return  # verl trains from scratch
+    text = tracker.read_text().strip()
+    if not text.isdigit():
+        raise ConfigError(
+            f"trainer.default_local_dir={str(cfg.trainer.default_local_dir)!r}: {tracker} holds {text[:40]!r}, not a step "
+            f"number; write the step to resume from into it, or add trainer.resume_mode=disable to start afresh"
+        )
+    step = int(text)
+    folder = root / f"global_step_{step}"
+    where = f"trainer.default_local_dir={str(cfg.trainer.default_local_dir)!r}"
+    if not folder.is_dir():
+        others = [d.name for d in sorted((d for d in root.iterdir() if STEP_DIR.search(d.name) and d.is_dir()),
+                                         key=lambda d: int(STEP_DIR.search(d.name).group(1)))]
+        if others:  # verl would train from scratch and save over them
+            raise ConfigError(
+                f"{where}: {TRACKER_FILE} names step {step} but global_step_{step} does not exist (there are "
+                f"{', '.join(others)}); verl would start from scratch and save over them. Resume with "
+                f"trainer.resume_mode=resume_path trainer.resume_from_path={root / others[-1]}, or add trainer.resume_mode=disable"
+            )
+        return
+    problem = checkpoint_problem(folder)
+    if problem is None:
+        return
+    good = _good_steps_below(root, step)
+    resume = (f"To resume from global_step_{good[0]} add trainer.resume_mode=resume_path "
+              f"trainer.resume_from_path={root / f'global_step_{good[0]}'}; to start afresh" if good else "To start afresh")
+    raise ConfigError(
+        f"{where}: the latest checkpoint global_step_{step} is damaged: {problem} (a full disk or an interrupted "
+        f"copy; nothing was changed). {resume} add trainer.resume_mode=disable"
+    )
 
 
 def check_paths(cfg: DictConfig) -> None:
-    """The run's inputs exist and its output directory is writable, checked on this machine (no Ray, no hub)."""
+    """The run's inputs exist and verl can read them, the checkpoint it resumes from is complete, and its
+    output directory is writable, checked on this machine (no Ray, no hub)."""
     check_data_files(cfg)
     model = OmegaConf.select(cfg, MODEL_KEY, default=None)
     if model is None:
         raise ConfigError(f"{MODEL_KEY} is not set")
     check_model_path(str(model), MODEL_KEY)
+    check_model_files(cfg)
     check_resume(cfg)
     check_writable_dir(str(cfg.trainer.default_local_dir), "trainer.default_local_dir")
+    check_checkpoint(cfg)
 
 
 def completed_step(cfg: DictConfig) -> int | None:

@@ -266,10 +266,15 @@ def export_checkpoint(actor: str | os.PathLike) -> Path:
     differ from the checkpoint's (the step was saved again) is replaced. verl's output goes to
     ``actor/hf_export.log``; one line on stderr says that an export runs.
     """
+    from reweight.file_checks import model_shards_problem
+
     actor = Path(actor)
     export = actor / EXPORT_DIR
     if _export_is_current(export, actor):
         return export
+    problem = model_shards_problem(actor)
+    if problem:  # the merger would fail inside torch.load with a traceback
+        raise ValueError(f"cannot export the verl checkpoint {str(actor.parent)!r}: {problem}")
     with _exclusive_lock(actor / f"{EXPORT_DIR}.lock"):
         if _export_is_current(export, actor):  # another process exported while we waited
             return export
@@ -326,6 +331,12 @@ def load_model(path: str | os.PathLike, device: str | torch.device | None = "aut
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
     resolved = resolve_model_path(path)
+    if Path(resolved).is_dir():  # an emptied or cut weights file: one line naming it, not safetensors' traceback
+        from reweight.file_checks import weights_problem
+
+        problem = weights_problem(Path(resolved))
+        if problem:
+            raise ValueError(f"cannot load a model from {str(path)!r}: {problem}")
     try:
         model = AutoModelForCausalLM.from_pretrained(resolved, dtype=torch_dtype, **from_pretrained)
     except OSError as e:

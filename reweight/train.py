@@ -425,6 +425,76 @@ def run(cfg: DictConfig, dry_run: bool = False) -> None:
         _train(cfg, metrics_path)
 
 
+# ------------------------------------------------------------------------------------------ Ray start-up
+
+# sysexits.h EX_TEMPFAIL: "a temporary failure; the user is invited to retry". Not 2: the input was fine.
+EXIT_RAY_START = 75
+RAY_START_ATTEMPTS = 2
+# What Ray 2.x raises (ray/_private/node.py) when the node's raylet does not register with the GCS within its
+# hard-coded 30 s (no setting changes it): on a loaded machine (a shared login node, a busy CI runner).
+RAY_START_TIMEOUT = "timed out during startup"
+
+
+class RayStartError(RuntimeError):
+    """Ray could not start a local node (twice); the message is one line for the user."""
+
+
+def _load() -> str:
+    import os
+
+    try:
+        one, *_ = os.getloadavg()
+    except OSError:
+        return "load unknown"
+    return f"load average {one:.1f} on {os.cpu_count() or 1} cores"
+
+
+def _stop_partial_node(error: BaseException) -> None:
+    """Stop the processes of the node whose start timed out (its GCS, raylet...): ``ray.init`` drops the node
+    object without stopping them, and a retry beside them would compete for the same busy cores."""
+    import traceback
+
+    from ray._private.node import Node
+
+    for frame, _ in traceback.walk_tb(error.__traceback__):
+        node = frame.f_locals.get("self")
+        if isinstance(node, Node):
+            try:
+                node.kill_all_processes(check_alive=False, allow_graceful=True)
+            except Exception:  # best effort: Ray's reaper stops them when this process exits anyway
+                pass
+            return
+
+
+def run_ppo_retrying_ray_start(cfg: DictConfig, note=None) -> None:
+    """verl's ``run_ppo`` with our task runner; a local Ray node that times out at start-up is retried once.
+
+    verl calls ``ray.init`` first thing in ``run_ppo`` (nothing else has happened when it fails, and Ray is
+    not initialized), so calling ``run_ppo`` again is a clean retry with exactly verl's own init arguments.
+    After a second timeout: :class:`RayStartError` (one line; :func:`main` exits with :data:`EXIT_RAY_START`).
+    ``note``: where to say that it retries (default: stdout).
+    """
+    import ray
+    from verl.trainer.main_ppo import run_ppo
+
+    for attempt in range(1, RAY_START_ATTEMPTS + 1):
+        try:
+            return run_ppo(cfg, task_runner_class=task_runner_class())
+        except Exception as e:
+            if RAY_START_TIMEOUT not in str(e) or ray.is_initialized():
+                raise
+            _stop_partial_node(e)
+            if attempt == RAY_START_ATTEMPTS:
+                raise RayStartError(
+                    f"Ray could not start its node on this machine: in {RAY_START_ATTEMPTS} tries the node did not register "
+                    f"within Ray's fixed 30 s ({_load()}: the machine is too busy). Nothing was trained and no file "
+                    f"was changed; rerun the same command when the load is lower, or start Ray yourself "
+                    f"(ray start --head) and join it with ray_kwargs.ray_init.address=auto"
+                ) from e
+            print(f"[{PROG}] Ray's node did not register within Ray's 30 s ({_load()}); retrying once",
+                  file=note or sys.stdout, flush=True)
+
+
 def _train(cfg: DictConfig, metrics_path: str, verbose: bool = True) -> None:
     """verl's ``run_ppo`` with our task runner, then the summary (errors here are not bad input).
 
@@ -434,11 +504,9 @@ def _train(cfg: DictConfig, metrics_path: str, verbose: bool = True) -> None:
     import os
     import time
 
-    from verl.trainer.main_ppo import run_ppo
-
     t0 = time.time()
     if verbose:
-        run_ppo(cfg, task_runner_class=task_runner_class())
+        run_ppo_retrying_ray_start(cfg)
     else:
         log = os.path.join(os.path.abspath(os.path.expanduser(str(cfg.trainer.default_local_dir))),
                            f"train-{time.strftime('%Y%m%d-%H%M%S')}.log")
@@ -449,10 +517,12 @@ def _train(cfg: DictConfig, metrics_path: str, verbose: bool = True) -> None:
                 printer = StepPrinter(metrics_path, total, console)
                 printer.start()
                 try:
-                    run_ppo(cfg, task_runner_class=task_runner_class())
+                    run_ppo_retrying_ray_start(cfg, note=console)
                     _stop_ray()  # while the output still goes to the log: Ray streams workers' last lines late
                 finally:
                     printer.stop()
+        except RayStartError:
+            raise  # one line from main(); nothing of verl's ran, the log holds only Ray's start-up
         except BaseException:
             print(f"[{PROG}] training failed; the last lines of {log}:", file=sys.stderr)
             print("".join(_tail(log, 40)), file=sys.stderr, flush=True)
@@ -611,7 +681,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Bad input -- an override that does not compose, a failed check, a missing file -- is one line
     ``reweight-train: error: ...`` on stderr and exit status 2, before Ray starts
-    (:mod:`reweight.cli_errors`; ``REWEIGHT_DEBUG=1`` adds the traceback).
+    (:mod:`reweight.cli_errors`; ``REWEIGHT_DEBUG=1`` adds the traceback). A local Ray node that does not
+    start (twice; :func:`run_ppo_retrying_ray_start`) is one such line too, with exit status 75
+    (:data:`EXIT_RAY_START`, sysexits' EX_TEMPFAIL: retry later).
     """
     import hydra
 
@@ -642,7 +714,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if code:
             raise SystemExit(code)  # passes through Hydra's error reporting (it catches Exception only)
         if prepared[0] is not None:
-            _train(cfg, prepared[0], verbose=verbose)  # not wrapped: a failure in training is not bad input
+            try:
+                _train(cfg, prepared[0], verbose=verbose)  # not wrapped: a failure in training is not bad input
+            except RayStartError as e:  # the machine, not the input: one line, its own exit status
+                print(f"{PROG}: error: {e}", file=sys.stderr, flush=True)
+                raise SystemExit(EXIT_RAY_START) from None
 
     saved = sys.argv
     sys.argv = [saved[0] if saved else PROG, *args]

@@ -168,3 +168,28 @@ def smoke_study(e2e_assets, tmp_path_factory):
     (out.parent / "console.log").write_text(console)
     assert proc.returncode == 0, f"the smoke study failed:\n{console[-4000:]}"
     return out, console, seconds
+
+
+def minimal_run_files(directory) -> list[str]:
+    """Overrides naming the smallest inputs reweight-train's pre-flight accepts (reweight.file_checks), written
+    under ``directory``: a one-row parquet per split with the columns verl reads, and a model directory with a
+    config.json transformers loads, a complete (one-tensor) model.safetensors and a tokenizer.json; plus an
+    output directory that does not exist yet. For dry runs and launch checks: nothing trains on them."""
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    model = directory / "model"
+    model.mkdir(parents=True, exist_ok=True)
+    (model / "config.json").write_text(json.dumps({"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}))
+    save_file({"lm_head.weight": torch.zeros(1, 1)}, str(model / "model.safetensors"))
+    (model / "tokenizer.json").write_text("{}")
+    row = {"data_source": "minimal", "prompt": [[{"role": "user", "content": "1+1?"}]], "ability": "math",
+           "reward_model": [{"style": "rule", "ground_truth": "2"}]}
+    for name in ("train", "val"):
+        pd.DataFrame(row).to_parquet(directory / f"{name}.parquet")
+    return [f"actor_rollout_ref.model.path={model}", f"data.train_files={directory / 'train.parquet'}",
+            f"data.val_files={directory / 'val.parquet'}", f"trainer.default_local_dir={directory / 'ckpt'}"]

@@ -13,6 +13,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
+from conftest import minimal_run_files
 from reweight.attention import ATTN_KEY, check_attention, flash_attn_available
 from reweight.checks import ConfigError
 from reweight.train import _prepare_run, compose_config
@@ -113,10 +114,8 @@ def test_a_reference_model_that_is_not_built_is_not_held_to_it(no_flash_attn, cu
 
 
 def _local(tmp_path):
-    for name in ("train", "val"):
-        (tmp_path / f"{name}.parquet").touch()
-    return [f"data.train_files={tmp_path / 'train.parquet'}", f"data.val_files={tmp_path / 'val.parquet'}",
-            f"trainer.default_local_dir={tmp_path / 'ckpt'}"]
+    # the data files and output dir of minimal_run_files (the pre-flight reads them); the preset's own hub model
+    return [o for o in minimal_run_files(tmp_path) if not o.startswith("actor_rollout_ref.model.path=")]
 
 
 @pytest.mark.parametrize("name", PRESETS)

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from verl.trainer.ppo.utils import need_critic, need_reference_policy
 from verl.utils.config import omega_conf_to_dataclass, validate_config
 
+from conftest import minimal_run_files
 from reweight.checks import ConfigError, check_config
 from reweight.loss import ReweightPolicyLossConfig
 from reweight.train import compose_config, prepare
@@ -23,11 +24,7 @@ MODEL = ["actor_rollout_ref.model.path=/models/any"]
 
 def _local_run(tmp_path) -> list[str]:
     """Overrides naming a model dir, data files and an output dir that exist (reweight-train checks them)."""
-    (tmp_path / "model").mkdir(exist_ok=True)
-    for name in ("train", "val"):
-        (tmp_path / f"{name}.parquet").touch()
-    return [f"actor_rollout_ref.model.path={tmp_path / 'model'}", f"data.train_files={tmp_path / 'train.parquet'}",
-            f"data.val_files={tmp_path / 'val.parquet'}", f"trainer.default_local_dir={tmp_path / 'ckpt'}"]
+    return minimal_run_files(tmp_path)  # the pre-flight reads them: empty files are refused
 
 
 def test_the_expected_presets_exist():

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import E2E_TRAIN_OVERRIDES, e2e_asset_overrides
+from conftest import E2E_TRAIN_OVERRIDES, e2e_asset_overrides, minimal_run_files
 from test_launch_units import log_offline_runs
 
 ALPHA = "actor_rollout_ref.actor.policy_loss.alpha"
@@ -41,11 +41,7 @@ ONE_NODE = ["trainer.nnodes=1", "trainer.n_gpus_per_node=1", *CPU_OVERRIDES]
 def _files(tmp_path) -> list[str]:
     """A model dir, data files and an output dir that exist: reweight-train --dry-run checks them (this machine
     is every node here)."""
-    (tmp_path / "model").mkdir(exist_ok=True)
-    for name in ("train", "val"):
-        (tmp_path / f"{name}.parquet").touch()
-    return [f"actor_rollout_ref.model.path={tmp_path / 'model'}", f"data.train_files={tmp_path / 'train.parquet'}",
-            f"data.val_files={tmp_path / 'val.parquet'}", f"trainer.default_local_dir={tmp_path / 'ckpt'}"]
+    return minimal_run_files(tmp_path)  # the pre-flight reads them: empty files are refused
 
 
 def _launcher() -> list[str]:
@@ -101,6 +97,47 @@ def _processes_using(marker: str) -> list[int]:
     return pids
 
 
+# What `ray start` prints when its node's raylet does not register with the GCS within Ray's fixed 30 s
+# (ray/_private/node.py): on a loaded machine (the fresh-clone CI beside a study, load 10-30) every test here
+# failed in this fixture with it. The fixture starts such a node once more, as reweight-train does.
+RAY_START_TIMEOUT = "timed out during startup"
+
+
+def _start_node(cmd: list[str], env: dict[str, str], log_path: Path, cluster: "Cluster", wait: list[str],
+                temp_dir: str, head: bool) -> subprocess.Popen:
+    """Start one `ray start --block` node and wait until ``wait-nodes <wait>`` sees it; a node whose start
+    timed out (its process exits with Ray's message) is started once more, after its leftovers are stopped."""
+    for attempt in (1, 2):
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        waiter = subprocess.Popen([*_launcher(), "wait-nodes", "--address", cluster.address, *wait, "--timeout", "240"],
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        while waiter.poll() is None and proc.poll() is None:
+            time.sleep(0.5)
+        if proc.poll() is not None and waiter.poll() is None:  # the node gave up: no point waiting 240 s
+            waiter.kill()
+        out, err = waiter.communicate()
+        if waiter.returncode == 0 and proc.poll() is None:
+            return proc
+        text = log_path.read_text()
+        if attempt == 1 and proc.poll() is not None and RAY_START_TIMEOUT in text:
+            leftovers = _processes_using(temp_dir) if head else []  # the timed-out head's GCS would hold its port
+            for pid in leftovers:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            try:  # what the timed-out node started in its session (a late raylet would join as a third node)
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            continue
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+        raise AssertionError(f"node did not come up (attempt {attempt}): {err[-2000:]}\n{text[-3000:]}")
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture(scope="module")
 def ray_cluster():
     temp_dir = tempfile.mkdtemp(prefix="rwl", dir="/tmp")  # short: Ray's unix socket paths live under it
@@ -118,14 +155,10 @@ def ray_cluster():
                   "--dashboard-agent-listen-port", str(agent2), "--metrics-export-port", str(metrics2), "--num-cpus", "4", "--num-gpus", "1", *node]
     cluster = Cluster(address=f"http://127.0.0.1:{dash}", gcs=f"127.0.0.1:{gcs}", env=env, temp_dir=temp_dir)
     started: list[subprocess.Popen] = []
-    logs = [open(Path(temp_dir) / name, "w") for name in ("head.log", "worker.log")]
     try:
-        started.append(subprocess.Popen(head_cmd, env=env, stdout=logs[0], stderr=subprocess.STDOUT, start_new_session=True))
-        up = cluster.launch("wait-nodes", "--address", cluster.address, "--nodes", "1", "--timeout", "240")
-        assert up.returncode == 0, up.stderr + (Path(temp_dir) / "head.log").read_text()[-3000:]
-        started.append(subprocess.Popen(worker_cmd, env=env, stdout=logs[1], stderr=subprocess.STDOUT, start_new_session=True))
-        up = cluster.launch("wait-nodes", "--address", cluster.address, "--nodes", "2", "--gpus-per-node", "1", "--timeout", "240")
-        assert up.returncode == 0, up.stderr + (Path(temp_dir) / "worker.log").read_text()[-3000:]
+        started.append(_start_node(head_cmd, env, Path(temp_dir) / "head.log", cluster, ["--nodes", "1"], temp_dir, head=True))
+        started.append(_start_node(worker_cmd, env, Path(temp_dir) / "worker.log", cluster,
+                                   ["--nodes", "2", "--gpus-per-node", "1"], temp_dir, head=False))
         yield cluster
     finally:
         for proc in reversed(started):  # `ray start --block` stops its node's processes on SIGTERM
@@ -140,8 +173,6 @@ def ray_cluster():
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        for f in logs:
-            f.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 

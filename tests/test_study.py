@@ -192,7 +192,9 @@ def test_cluster_dry_run_plans_one_slurm_job_per_run(tmp_path, capsys, monkeypat
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     data = tmp_path / "data.parquet"
-    pd.DataFrame({"prompt": [[{"role": "user", "content": "1+1?"}]], "data_source": ["aime24"]}).to_parquet(data)
+    # the columns verl reads (the pre-flight refuses training data without reward_model)
+    pd.DataFrame({"prompt": [[{"role": "user", "content": "1+1?"}]], "data_source": ["aime24"],
+                  "reward_model": [{"style": "rule", "ground_truth": "2"}]}).to_parquet(data)
     out = tmp_path / "study"
     argv = [
         "--config-name", "qwen25_math_7b_reweight", "--test-data", str(data), "--launch", "slurm", "--nodes", "4",

@@ -25,7 +25,13 @@ def no_ray(monkeypatch):
 
 
 def _checkpoint(root, step):
-    (root / f"global_step_{step}" / "actor").mkdir(parents=True)
+    """A complete one-rank verl checkpoint (the pre-flight refuses a damaged one, reweight.file_checks)."""
+    import torch
+
+    actor = root / f"global_step_{step}" / "actor"
+    actor.mkdir(parents=True)
+    torch.save({}, actor / "model_world_size_1_rank_0.pt")
+    (actor / "fsdp_config.json").write_text('{"FSDP_version": 2, "world_size": 1}')
     (root / "latest_checkpointed_iteration.txt").write_text(str(step))
 
 

@@ -120,6 +120,7 @@ def config_from_args(args: argparse.Namespace) -> AnalysisConfig:
 def main(argv: list[str] | None = None) -> int:
     from reweight.checks import check_model_path
     from reweight.cli_errors import run_cli
+    from reweight.file_checks import require_output
 
     args = build_parser().parse_args(argv)
     result: dict = {}
@@ -127,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> None:  # bad input: one line and status 2, not a traceback
         check_model_path(args.base_model, "--base")  # a missing path is refused here, not by the hub client
         check_model_path(args.rl_model, "--rl")
+        require_output(args.out, "--out", "dir")  # before the models load (it took 15 s to fail on /proc)
         result.update(run_analysis(config_from_args(args)))
 
     code = run_cli("reweight-analyze", body)

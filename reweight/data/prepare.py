@@ -194,6 +194,7 @@ def _pairs(values: Sequence[str], flag: str) -> dict[str, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from reweight.cli_errors import run_cli
+    from reweight.file_checks import require_output
 
     ap = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -206,6 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     def body() -> None:
+        require_output(args.out_dir, "--out-dir", "dir")
         names = args.only.split(",") if args.only else list(SOURCES)
         repeat = {}
         for k, v in _pairs(args.repeat, "--repeat").items():

@@ -195,12 +195,14 @@ def cmd_sweep(args) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     from reweight.checks import check_model_path
     from reweight.cli_errors import run_cli
+    from reweight.file_checks import require_output
 
     args = build_parser().parse_args(argv)
 
     def body() -> int:
         check_model_path(args.base, "--base")  # a missing path is refused here, not by the hub client
         check_model_path(args.rl, "--rl")
+        require_output(args.out, "--out", "file" if args.command == "generate" else "dir")  # before the models load
         return cmd_generate(args) if args.command == "generate" else cmd_sweep(args)
 
     return run_cli("reweight-decode", body)

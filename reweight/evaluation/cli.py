@@ -233,6 +233,7 @@ MODEL_FLAGS = {"sample": {"model": "--model"}, "support": {"base_model": "--base
 def main(argv: list[str] | None = None) -> int:
     from reweight.checks import check_model_path
     from reweight.cli_errors import run_cli
+    from reweight.file_checks import require_output
 
     args = build_parser().parse_args(argv)
 
@@ -240,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         for dest, flag in MODEL_FLAGS.get(args.command, {}).items():  # a missing path is refused here, not by the hub
             if getattr(args, dest) is not None:  # support's models are optional (token entropy only)
                 check_model_path(getattr(args, dest), flag)
+        require_output(getattr(args, "out", None), "--out")  # before any model loads or sampling
+        require_output(getattr(args, "out_dir", None), "--out-dir", "dir")
         return COMMANDS[args.command](args)
 
     return run_cli(f"reweight-eval {args.command}", body)

@@ -59,7 +59,14 @@ def _exec_ray(cmd: list[str], env: dict[str, str], dry_run: bool) -> int:
     _say("RAY_AUTH_MODE=" + env["RAY_AUTH_MODE"] + " " + shlex.join(cmd))
     if dry_run:
         return 0
-    os.execvpe(cmd[0], cmd, env)
+    import shutil
+
+    # `ray` is installed beside this interpreter; a shell that did not activate the environment lacks it on PATH
+    exe = shutil.which(cmd[0], path=env.get("PATH")) or shutil.which(cmd[0], path=os.path.dirname(sys.executable))
+    if exe is None:
+        raise FileNotFoundError(f"the {cmd[0]!r} command is neither on PATH nor beside {sys.executable}: install ray there "
+                                f"(pip install verl-reweight brings it) or activate that environment")
+    os.execve(exe, cmd, env)
     return 1  # not reached
 
 
@@ -409,8 +416,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from reweight.cli_errors import run_cli, user_errors
 
+    from reweight.file_checks import require_output
+
     args = build_parser().parse_args(argv)
-    return run_cli(f"{PROG} {args.command}", lambda: args.func(args), user_errors((RuntimeError,)))
+
+    def body() -> int:
+        # where a command writes, checked before it composes, checks or submits anything
+        require_output(getattr(args, "out_dir", None), "--out-dir", "dir")
+        require_output(getattr(args, "script", None), "--script")
+        require_output(getattr(args, "output", None), "--output")
+        return args.func(args)
+
+    return run_cli(f"{PROG} {args.command}", body, user_errors((RuntimeError,)))
 
 
 if __name__ == "__main__":

@@ -115,7 +115,10 @@ def run_cli_args(args: argparse.Namespace) -> int:
     from reweight.study.pipeline import Study
 
     spec = spec_from_args(args)
+    from reweight.file_checks import require_output
+
     out = args.out or ("outputs/study-smoke" if args.smoke else "outputs/study")
+    require_output(out, "--out", "dir")  # before any run is composed or trained
     options = {k: getattr(args, k) for k in ("address", "nodes", "gpus_per_node", "partition", "account", "time_limit")}
     jobs = args.jobs if args.jobs is not None else default_jobs(args.launch, spec.config_name)
     study = Study(spec, out, launch=args.launch, overwrite=args.overwrite, launch_options=options, jobs=jobs)

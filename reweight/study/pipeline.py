@@ -197,6 +197,12 @@ class Study:
             path = Path(self.spec.test_data).expanduser()
             if not path.is_file():
                 raise StudyInputError(f"--test-data {self.spec.test_data!r} does not exist")
+            from reweight.file_checks import data_file_problem
+
+            # read only after every run has trained: a file reweight-eval cannot read is refused now
+            problem = data_file_problem(path, ("prompt",), reader="reweight-eval")
+            if problem:
+                raise StudyInputError(f"--test-data {self.spec.test_data!r}: {problem}")
             return str(path)
         from reweight.embedded import cache_root
 
