@@ -193,3 +193,22 @@ def minimal_run_files(directory) -> list[str]:
         pd.DataFrame(row).to_parquet(directory / f"{name}.parquet")
     return [f"actor_rollout_ref.model.path={model}", f"data.train_files={directory / 'train.parquet'}",
             f"data.val_files={directory / 'val.parquet'}", f"trainer.default_local_dir={directory / 'ckpt'}"]
+
+
+def expensive_work_fails(monkeypatch) -> None:
+    """Tripwires on everything a refusal must come before: Ray, loading a model or tokenizer, the embedded build."""
+    import ray
+    import transformers
+
+    import reweight.embedded
+
+    def tripwire(what):
+        def fail(*args, **kwargs):
+            raise AssertionError(f"{what} was called on bad input")
+
+        return fail
+
+    monkeypatch.setattr(ray, "init", tripwire("ray.init"))
+    for cls in (transformers.AutoTokenizer, transformers.AutoModelForCausalLM, transformers.AutoConfig):
+        monkeypatch.setattr(cls, "from_pretrained", tripwire(f"{cls.__name__}.from_pretrained"))
+    monkeypatch.setattr(reweight.embedded, "ensure_built", tripwire("the embedded build"))

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import expensive_work_fails
 
 ALPHA = "actor_rollout_ref.actor.policy_loss.alpha"
 SCHEME = "actor_rollout_ref.actor.policy_loss.scheme"
@@ -22,21 +23,7 @@ SCHEME = "actor_rollout_ref.actor.policy_loss.scheme"
 @pytest.fixture
 def env(tmp_path, monkeypatch):
     """A working directory with files the cases point at, and tripwires on everything expensive."""
-    import ray
-    import transformers
-
-    def tripwire(what):
-        def fail(*args, **kwargs):
-            raise AssertionError(f"{what} was called on bad input")
-
-        return fail
-
-    monkeypatch.setattr(ray, "init", tripwire("ray.init"))
-    for cls in (transformers.AutoTokenizer, transformers.AutoModelForCausalLM, transformers.AutoConfig):
-        monkeypatch.setattr(cls, "from_pretrained", tripwire(f"{cls.__name__}.from_pretrained"))
-    import reweight.embedded
-
-    monkeypatch.setattr(reweight.embedded, "ensure_built", tripwire("the embedded build"))
+    expensive_work_fails(monkeypatch)
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("REWEIGHT_DEBUG", raising=False)
     (tmp_path / "not_a_dir").write_text("x")

@@ -25,7 +25,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import minimal_run_files
+from conftest import expensive_work_fails, minimal_run_files
 
 PROC = "/proc/reweight-no-such-dir"  # nothing can be created under /proc, not even by root
 
@@ -33,21 +33,7 @@ PROC = "/proc/reweight-no-such-dir"  # nothing can be created under /proc, not e
 @pytest.fixture
 def run(tmp_path, monkeypatch):
     """Minimal valid inputs in ``tmp_path`` (conftest.minimal_run_files) and tripwires on everything expensive."""
-    import ray
-    import transformers
-
-    def tripwire(what):
-        def fail(*args, **kwargs):
-            raise AssertionError(f"{what} was called on bad input")
-
-        return fail
-
-    monkeypatch.setattr(ray, "init", tripwire("ray.init"))
-    for cls in (transformers.AutoTokenizer, transformers.AutoModelForCausalLM, transformers.AutoConfig):
-        monkeypatch.setattr(cls, "from_pretrained", tripwire(f"{cls.__name__}.from_pretrained"))
-    import reweight.embedded
-
-    monkeypatch.setattr(reweight.embedded, "ensure_built", tripwire("the embedded build"))
+    expensive_work_fails(monkeypatch)
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("REWEIGHT_DEBUG", raising=False)
     return minimal_run_files(tmp_path)
