@@ -419,8 +419,12 @@ def check_model_files(cfg: DictConfig) -> None:
             parts[part] = Path(model).expanduser()
             continue
         local = Path(str(value)).expanduser()
-        if not _is_uri(str(value)) and not local.exists() and model_path_problem_of(str(value)):
-            raise ConfigError(f"{MODEL}.{part}={str(value)!r}: {model_path_problem_of(str(value))}")
+        if not _is_uri(str(value)) and not local.exists():
+            from reweight.models import model_path_problem
+
+            problem = model_path_problem(str(value))
+            if problem:
+                raise ConfigError(f"{MODEL}.{part}={str(value)!r}: {problem}")
         parts[part] = local if local.is_dir() else None
     if not OmegaConf.select(cfg, f"{MODEL}.load_tokenizer", default=True):
         parts["tokenizer_path"] = None
@@ -431,11 +435,6 @@ def check_model_files(cfg: DictConfig) -> None:
     if problem:
         raise ConfigError(f"{MODEL_KEY}={model!r}: {problem}")
 
-
-def model_path_problem_of(path: str) -> str | None:
-    from reweight.models import model_path_problem
-
-    return model_path_problem(path)
 
 
 def _absolute(path: str) -> Path:
@@ -475,12 +474,16 @@ def check_writable_dir(value: str, key: str) -> None:
         raise ConfigError(f"{key}={value!r}: {problem}")
 
 
+def _saved_steps(root: Path) -> list[tuple[int, Path]]:
+    """(N, directory) of every ``global_step_N`` directory of ``root``, in ascending order of N."""
+    return sorted((int(m.group(1)), d) for d in root.iterdir() if (m := STEP_DIR.search(d.name)) and d.is_dir())
+
+
 def _good_steps_below(root: Path, step: int) -> list[int]:
     """The ``global_step_N`` of ``root`` below ``step`` that pass :func:`checkpoint_problem`, newest first."""
     from reweight.file_checks import checkpoint_problem
 
-    steps = sorted((int(m.group(1)) for d in root.iterdir() if (m := STEP_DIR.search(d.name)) and d.is_dir()), reverse=True)
-    return [n for n in steps if n < step and checkpoint_problem(root / f"global_step_{n}") is None]
+    return [n for n, _ in reversed(_saved_steps(root)) if n < step and checkpoint_problem(root / f"global_step_{n}") is None]
 
 
 def check_checkpoint(cfg: DictConfig) -> None:
@@ -518,8 +521,7 @@ def check_checkpoint(cfg: DictConfig) -> None:
     folder = root / f"global_step_{step}"
     where = f"trainer.default_local_dir={str(cfg.trainer.default_local_dir)!r}"
     if not folder.is_dir():
-        others = [d.name for d in sorted((d for d in root.iterdir() if STEP_DIR.search(d.name) and d.is_dir()),
-                                         key=lambda d: int(STEP_DIR.search(d.name).group(1)))]
+        others = [d.name for _, d in _saved_steps(root)]
         if others:  # verl would train from scratch and save over them
             raise ConfigError(
                 f"{where}: {TRACKER_FILE} names step {step} but global_step_{step} does not exist (there are "

@@ -205,17 +205,13 @@ def _torch_file_problem(path: Path, root: Path) -> str | None:
     return None
 
 
-def checkpoint_problem(step: Path) -> str | None:
-    """Why verl cannot resume from the ``global_step_N`` directory ``step``, or None."""
-    actor = step / "actor"
-    if not actor.is_dir():
-        return "no actor/ inside (not a verl checkpoint, or its save never started)"
-    if not (actor / "fsdp_config.json").is_file():
-        return "actor/fsdp_config.json is missing (the save was interrupted)"
+def _ranks_problem(actor: Path, only: str | None = None) -> str | None:
+    """The per-rank ``<kind>_world_size_<ws>_rank_<r>.pt`` files of ``actor`` (of kind ``only``, or every kind):
+    model shards present, and every rank's file of each kind and world size there."""
     kinds: dict[tuple[str, int], set[int]] = {}
     for f in sorted(actor.iterdir()):
         match = CHECKPOINT_FILE.match(f.name)
-        if match:
+        if match and only in (None, match["kind"]):
             kinds.setdefault((match["kind"], int(match["ws"])), set()).add(int(match["rank"]))
     if not any(kind == "model" for kind, _ in kinds):
         return "actor/ holds no model_world_size_*_rank_*.pt (the model shards)"
@@ -223,6 +219,19 @@ def checkpoint_problem(step: Path) -> str | None:
         absent = sorted(set(range(ws)) - ranks)
         if absent:
             return f"actor/{kind}_world_size_{ws}_rank_{absent[0]}.pt is missing"
+    return None
+
+
+def checkpoint_problem(step: Path) -> str | None:
+    """Why verl cannot resume from the ``global_step_N`` directory ``step``, or None."""
+    actor = step / "actor"
+    if not actor.is_dir():
+        return "no actor/ inside (not a verl checkpoint, or its save never started)"
+    if not (actor / "fsdp_config.json").is_file():
+        return "actor/fsdp_config.json is missing (the save was interrupted)"
+    problem = _ranks_problem(actor)
+    if problem:
+        return problem
     files = [f for f in sorted(actor.glob("*.pt"))] + ([step / "data.pt"] if (step / "data.pt").exists() else [])
     for f in files:
         problem = _torch_file_problem(f, step)
@@ -273,15 +282,10 @@ def require_output(value: str | os.PathLike | None, flag: str, kind: str = "file
 
 def model_shards_problem(actor: Path) -> str | None:
     """Why verl's model merger cannot export the actor checkpoint ``actor`` (its model shards only), or None."""
-    shards = sorted(actor.glob("model_world_size_*_rank_*.pt"))
-    if not shards:
-        return "no model_world_size_*_rank_*.pt (the model shards) in actor/"
-    sizes = {int(CHECKPOINT_FILE.match(s.name)["ws"]) for s in shards if CHECKPOINT_FILE.match(s.name)}
-    for ws in sorted(sizes):
-        for rank in range(ws):
-            if not (actor / f"model_world_size_{ws}_rank_{rank}.pt").is_file():
-                return f"actor/model_world_size_{ws}_rank_{rank}.pt is missing"
-    for s in shards:
+    problem = _ranks_problem(actor, only="model")
+    if problem:
+        return problem
+    for s in sorted(actor.glob("model_world_size_*_rank_*.pt")):
         problem = _torch_file_problem(s, actor.parent)
         if problem:
             return problem

@@ -8,7 +8,6 @@ ranks' local values differ from the global ones, so a missing reduction cannot p
 
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 
@@ -86,16 +85,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def two_ranks(case: str, tmp_path: Path) -> list[dict]:
-    """Run :func:`_rank_main` on 2 spawned processes; their results, by rank."""
-    env = {"VERL_PLATFORM": "cpu", "OMP_NUM_THREADS": "1"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        mp.spawn(_rank_main, args=(f"tcp://127.0.0.1:{_free_port()}", str(tmp_path), case), nprocs=WORLD, join=True)
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+def two_ranks(case: str, tmp_path: Path, monkeypatch) -> list[dict]:
+    """Run :func:`_rank_main` on 2 spawned processes (they inherit the CPU platform); their results, by rank."""
+    monkeypatch.setenv("VERL_PLATFORM", "cpu")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    mp.spawn(_rank_main, args=(f"tcp://127.0.0.1:{_free_port()}", str(tmp_path), case), nprocs=WORLD, join=True)
     return [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
 
 
@@ -106,10 +100,10 @@ def whole_batch():
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("case", list(CASES))
-def test_global_inputs_over_two_gloo_ranks_equal_the_one_rank_computation_over_the_concatenated_batch(case, tmp_path):
+def test_global_inputs_over_two_gloo_ranks_equal_the_one_rank_computation_over_the_concatenated_batch(case, tmp_path, monkeypatch):
     from reweight.actor_hook import global_inputs
 
-    ranks = two_ranks(case, tmp_path)
+    ranks = two_ranks(case, tmp_path, monkeypatch)
     old, cur, adv, mask, ent = whole_batch()
     policy_loss = ReweightPolicyLossConfig(**CASES[case])
     s = settings(actor_config(policy_loss))

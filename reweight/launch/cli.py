@@ -415,7 +415,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from reweight.cli_errors import run_cli, user_errors
-
     from reweight.file_checks import require_output
 
     args = build_parser().parse_args(argv)

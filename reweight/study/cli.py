@@ -112,11 +112,10 @@ def spec_from_args(args: argparse.Namespace) -> StudySpec:
 
 
 def run_cli_args(args: argparse.Namespace) -> int:
+    from reweight.file_checks import require_output
     from reweight.study.pipeline import Study
 
     spec = spec_from_args(args)
-    from reweight.file_checks import require_output
-
     out = args.out or ("outputs/study-smoke" if args.smoke else "outputs/study")
     require_output(out, "--out", "dir")  # before any run is composed or trained
     options = {k: getattr(args, k) for k in ("address", "nodes", "gpus_per_node", "partition", "account", "time_limit")}
